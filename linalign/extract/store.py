@@ -1,0 +1,432 @@
+"""On-disk embedding store: numbered ``.npy`` shards plus a JSON manifest.
+
+Layout of a store directory::
+
+    manifest.json
+    shard-00000.npy            pooled: [rows, dim]; per-token: [tokens, dim] (rows concatenated)
+    shard-00000.lengths.npy    per-token only: [rows] int32 tokens per row
+    shard-00000.ids.npy        per-token only: [tokens] int32 token ids
+    shard-00000.offsets.npy    per-token only: [tokens, 2] int32 character offsets (start, end)
+    shard-00001.npy
+    ...
+
+``manifest.json`` holds ``format_version``, the provenance fields given to ``StoreWriter``
+(``model``, ``model_fingerprint``, ``config_hash``, ``tokenizer``, ``pooling``, ...),
+``per_token``, ``dtype``, ``dim``, ``num_rows`` (rows written so far), ``text_fingerprint``
+(sha256 of the texts in order, see ``text_fingerprint``), ``shards`` (one entry per shard with
+its files, row count and sha256) and ``complete``.
+
+Crash safety: every file is written under a temporary name and renamed into place, and the
+manifest is rewritten (also atomically) after each shard. A shard file that is not listed in the
+manifest does not exist as far as readers are concerned, so an interrupted writer always leaves a
+consistent prefix of rows and a new ``StoreWriter`` on the same directory resumes after it.
+
+Plain ``.npy`` files were chosen over safetensors/zarr because readers can memory-map them with
+numpy alone, and one file per shard makes the atomic-rename story trivial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SUPPORTED_DTYPES = ("float32", "float16", "float64")
+TOKEN_ARRAYS = ("lengths", "ids", "offsets")
+
+# Provenance fields that must agree for a writer to resume an existing store.
+_IDENTITY_KEYS = ("model", "model_fingerprint", "config_hash", "tokenizer", "pooling",
+                  "per_token", "dtype", "dim", "text_fingerprint", "max_length", "layer",
+                  "total_rows")
+
+PathLike = Union[str, os.PathLike]
+
+
+class StoreError(ValueError):
+    """An embedding store is missing, corrupt, or does not match what the caller expects."""
+
+
+def text_fingerprint(texts: Iterable[str]) -> str:
+    """sha256 over the texts in order, each length-prefixed so boundaries are unambiguous.
+
+    Args:
+      texts: the texts, in store row order.
+
+    Returns:
+      hex digest.
+    """
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def _sha256_file(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_save_npy(path: pathlib.Path, arr: np.ndarray) -> str:
+    """Writes ``arr`` to ``path`` via a temporary file + rename; returns its sha256."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    digest = _sha256_file(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def _atomic_write_json(path: pathlib.Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class TokenRows:
+    """Per-token states for a run of rows, concatenated along the token axis.
+
+    Attributes:
+      states_nd: [num_tokens, dim] hidden states of every real token of every row.
+      lengths_b: [rows] int32 tokens per row (rows are contiguous in ``states_nd``).
+      ids_n: [num_tokens] int32 token ids.
+      offsets_n2: [num_tokens, 2] int32 (start, end) character offsets into each row's text.
+    """
+
+    states_nd: np.ndarray
+    lengths_b: np.ndarray
+    ids_n: np.ndarray
+    offsets_n2: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.lengths_b.shape[0])
+
+    def row_starts(self) -> np.ndarray:
+        """[rows + 1] token index where each row starts (last entry: total tokens)."""
+        return np.concatenate([[0], np.cumsum(self.lengths_b, dtype=np.int64)])
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(states [len, dim], ids [len], offsets [len, 2]) of row ``i``."""
+        s = self.row_starts()
+        a, b = int(s[i]), int(s[i + 1])
+        return self.states_nd[a:b], self.ids_n[a:b], self.offsets_n2[a:b]
+
+    @staticmethod
+    def concat(parts: Sequence["TokenRows"]) -> "TokenRows":
+        return TokenRows(*(np.concatenate([getattr(p, f.name) for p in parts])
+                           for f in dataclasses.fields(TokenRows)))
+
+    def slice_rows(self, a: int, b: int) -> "TokenRows":
+        s = self.row_starts()
+        ta, tb = int(s[a]), int(s[b])
+        return TokenRows(self.states_nd[ta:tb], self.lengths_b[a:b], self.ids_n[ta:tb],
+                         self.offsets_n2[ta:tb])
+
+
+class StoreWriter:
+    """Appends shards to an embedding store; resumes a matching partial store.
+
+    Args:
+      path: store directory (created if missing).
+      per_token: per-token store (``append`` takes TokenRows) or pooled ([rows, dim] arrays).
+      dtype: storage dtype, one of SUPPORTED_DTYPES.
+      dim: hidden size; every appended array must have it.
+      overwrite: discard an existing store at ``path`` whose identity differs instead of
+        raising. A matching store is always resumed.
+      **meta: provenance written to the manifest (model, model_fingerprint, config_hash,
+        tokenizer, pooling, text_fingerprint, total_rows, ...); JSON-serialisable.
+
+    Attributes:
+      num_rows: rows already in the store (after resuming, where the caller should restart).
+      complete: True once ``finalize`` ran (a complete matching store needs no more work).
+    """
+
+    def __init__(self, path: PathLike, *, per_token: bool, dtype: str, dim: int,
+                 overwrite: bool = False, **meta: Any):
+        if dtype not in SUPPORTED_DTYPES:
+            raise StoreError(f"store dtype {dtype!r} not supported; use one of {SUPPORTED_DTYPES}")
+        if int(dim) <= 0:
+            raise StoreError(f"store dim must be positive, got {dim}")
+        self.path = pathlib.Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = dict(meta)
+        manifest.update(format_version=FORMAT_VERSION, per_token=bool(per_token), dtype=dtype,
+                        dim=int(dim), num_rows=0, shards=[], complete=False)
+        json.dumps(manifest)  # fail now, not after the first shard, on unserialisable meta
+        mpath = self.path / MANIFEST
+        if mpath.exists():
+            old = _read_manifest(self.path)
+            diffs = {k: (old.get(k), manifest.get(k)) for k in _IDENTITY_KEYS
+                     if old.get(k) != manifest.get(k)}
+            if not diffs:
+                # Verify what is there before building on it; a corrupt shard raises.
+                EmbeddingStore(self.path, old).verify()
+                manifest = old
+            elif not overwrite:
+                raise StoreError(
+                    f"{self.path} already holds a different store (differs in "
+                    + ", ".join(f"{k}: {a!r} != {b!r}" for k, (a, b) in diffs.items())
+                    + "); pass overwrite=True or choose another directory")
+            else:
+                for s in old.get("shards", []):
+                    for f in _shard_files(s):
+                        (self.path / f).unlink(missing_ok=True)
+        self.manifest = manifest
+        # Shards beyond the manifest are leftovers of an interrupted write; remove them so
+        # a reader never mistakes them for data.
+        listed = {f for s in manifest["shards"] for f in _shard_files(s)}
+        for p in self.path.glob("shard-*"):
+            if p.name not in listed:
+                p.unlink()
+        _atomic_write_json(mpath, self.manifest)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.manifest["num_rows"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest["complete"])
+
+    def append(self, data: Union[np.ndarray, TokenRows]) -> None:
+        """Writes one shard and commits it to the manifest.
+
+        Args:
+          data: pooled store: [rows, dim] array; per-token store: TokenRows.
+
+        Raises:
+          StoreError: on wrong type, shape, non-finite values (naming the row) or a completed store.
+        """
+        m = self.manifest
+        if m["complete"]:
+            raise StoreError(f"{self.path} is complete; cannot append")
+        dt = np.dtype(m["dtype"])
+        if m["per_token"]:
+            if not isinstance(data, TokenRows):
+                raise StoreError("per-token store expects TokenRows")
+            states = np.asarray(data.states_nd)
+            lengths = np.asarray(data.lengths_b, dtype=np.int32)
+            ids = np.asarray(data.ids_n, dtype=np.int32)
+            offsets = np.asarray(data.offsets_n2, dtype=np.int32)
+            n_tok = int(lengths.sum())
+            if lengths.ndim != 1 or (lengths < 0).any():
+                raise StoreError("lengths must be a 1-D array of non-negative counts")
+            if ids.shape != (n_tok,) or offsets.shape != (n_tok, 2):
+                raise StoreError(f"ids {ids.shape} / offsets {offsets.shape} do not match "
+                                 f"{n_tok} tokens from lengths")
+            rows = int(lengths.shape[0])
+            row_of_token = np.repeat(np.arange(rows), lengths)
+        else:
+            if isinstance(data, TokenRows):
+                raise StoreError("pooled store expects a [rows, dim] array, got TokenRows")
+            states = np.asarray(data)
+            rows = int(states.shape[0]) if states.ndim == 2 else -1
+            row_of_token = None
+        if states.ndim != 2 or states.shape[1] != m["dim"]:
+            raise StoreError(f"expected states of shape [n, {m['dim']}], got {states.shape}")
+        if rows == 0:
+            raise StoreError("refusing to write an empty shard")
+        if row_of_token is not None and states.shape[0] != row_of_token.shape[0]:
+            raise StoreError(f"{states.shape[0]} token states but lengths sum to "
+                             f"{row_of_token.shape[0]}")
+        bad = ~np.isfinite(states).all(axis=1)
+        if bad.any():
+            first = int(np.argmax(bad))
+            row = first if row_of_token is None else int(row_of_token[first])
+            raise StoreError(f"non-finite values in row {m['num_rows'] + row} of the store")
+        idx = len(m["shards"])
+        base = f"shard-{idx:05d}"
+        entry: dict[str, Any] = {"file": base + ".npy", "rows": rows}
+        entry["sha256"] = _atomic_save_npy(self.path / entry["file"], states.astype(dt, copy=False))
+        if m["per_token"]:
+            entry["tokens"] = int(states.shape[0])
+            entry["extra"] = {}
+            for name, arr in (("lengths", lengths), ("ids", ids), ("offsets", offsets)):
+                fname = f"{base}.{name}.npy"
+                entry["extra"][name] = {"file": fname,
+                                        "sha256": _atomic_save_npy(self.path / fname, arr)}
+        m["shards"].append(entry)
+        m["num_rows"] += rows
+        _atomic_write_json(self.path / MANIFEST, m)
+
+    def finalize(self) -> "EmbeddingStore":
+        """Marks the store complete (checking ``total_rows`` if given) and opens it."""
+        m = self.manifest
+        total = m.get("total_rows")
+        if total is not None and int(total) != m["num_rows"]:
+            raise StoreError(f"store has {m['num_rows']} rows but total_rows={total}")
+        m["complete"] = True
+        _atomic_write_json(self.path / MANIFEST, m)
+        return EmbeddingStore(self.path, m)
+
+
+def _shard_files(entry: dict) -> list[str]:
+    return [entry["file"]] + [e["file"] for e in entry.get("extra", {}).values()]
+
+
+def _read_manifest(path: pathlib.Path) -> dict:
+    mpath = path / MANIFEST
+    if not mpath.exists():
+        raise StoreError(f"{path} is not an embedding store: {MANIFEST} is missing")
+    try:
+        m = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{mpath} is not valid JSON: {e}") from None
+    if m.get("format_version") != FORMAT_VERSION:
+        raise StoreError(f"{mpath}: format_version {m.get('format_version')!r} not supported "
+                         f"(expected {FORMAT_VERSION})")
+    for k in ("per_token", "dtype", "dim", "num_rows", "shards", "complete"):
+        if k not in m:
+            raise StoreError(f"{mpath} lacks required field {k!r}")
+    return m
+
+
+class EmbeddingStore:
+    """Read access to a store written by StoreWriter.
+
+    Each shard is checked against the manifest (existence, shape, dtype, sha256) when it is
+    read; ``verify()`` checks all of them up front.
+    """
+
+    def __init__(self, path: PathLike, manifest: Optional[dict] = None):
+        self.path = pathlib.Path(path)
+        self.manifest = manifest if manifest is not None else _read_manifest(self.path)
+        rows = sum(int(s["rows"]) for s in self.manifest["shards"])
+        if rows != self.manifest["num_rows"]:
+            raise StoreError(f"{self.path}: manifest num_rows={self.manifest['num_rows']} but "
+                             f"shards hold {rows} rows")
+        for s in self.manifest["shards"]:
+            for f in _shard_files(s):
+                if not (self.path / f).exists():
+                    raise StoreError(f"{self.path}: shard file {f} listed in the manifest is missing")
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.manifest["num_rows"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def per_token(self) -> bool:
+        return bool(self.manifest["per_token"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest["complete"])
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def _load(self, fname: str, sha: str, check: bool = True) -> np.ndarray:
+        p = self.path / fname
+        if check and _sha256_file(p) != sha:
+            raise StoreError(f"{self.path}: shard file {fname} is corrupt (sha256 mismatch)")
+        try:
+            return np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise StoreError(f"{self.path}: shard file {fname} cannot be read: {e}") from None
+
+    def read_shard(self, i: int) -> Union[np.ndarray, TokenRows]:
+        """Loads and checks shard ``i``: [rows, dim] array or TokenRows."""
+        s = self.manifest["shards"][i]
+        states = self._load(s["file"], s["sha256"])
+        want_rows = s["tokens"] if self.per_token else s["rows"]
+        if states.shape != (want_rows, self.dim) or states.dtype != np.dtype(self.manifest["dtype"]):
+            raise StoreError(f"{self.path}: shard file {s['file']} has shape {states.shape} "
+                             f"{states.dtype}, manifest says ({want_rows}, {self.dim}) "
+                             f"{self.manifest['dtype']}")
+        if not self.per_token:
+            return states
+        ex = {k: self._load(e["file"], e["sha256"]) for k, e in s["extra"].items()}
+        if ex["lengths"].shape != (s["rows"],) or int(ex["lengths"].sum()) != s["tokens"]:
+            raise StoreError(f"{self.path}: {s['extra']['lengths']['file']} does not match the manifest")
+        return TokenRows(states, ex["lengths"], ex["ids"], ex["offsets"])
+
+    def verify(self) -> None:
+        """Checks every shard's sha256 and shape; raises StoreError naming the first bad file."""
+        for i in range(len(self.manifest["shards"])):
+            self.read_shard(i)
+
+    def iter_batches(self, batch_size: int) -> Iterator[Union[np.ndarray, TokenRows]]:
+        """Yields consecutive batches of exactly ``batch_size`` rows (the last may be short).
+
+        Args:
+          batch_size: rows per batch, independent of the shard size.
+
+        Yields:
+          pooled stores: [b, dim] arrays; per-token stores: TokenRows of b rows.
+        """
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        pending: list = []
+        n_pending = 0
+        for i in range(len(self.manifest["shards"])):
+            shard = self.read_shard(i)
+            pending.append(shard)
+            n_pending += len(shard)
+            while n_pending >= batch_size:
+                buf = self._concat(pending)
+                yield self._slice(buf, 0, batch_size)
+                rest = self._slice(buf, batch_size, len(buf))
+                pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
+        if n_pending:
+            yield self._concat(pending)
+
+    def read_all(self) -> Union[np.ndarray, TokenRows]:
+        """All rows: [num_rows, dim] array, or TokenRows for a per-token store."""
+        shards = [self.read_shard(i) for i in range(len(self.manifest["shards"]))]
+        if not shards:
+            if self.per_token:
+                return TokenRows(np.zeros((0, self.dim), self.manifest["dtype"]),
+                                 np.zeros((0,), np.int32), np.zeros((0,), np.int32),
+                                 np.zeros((0, 2), np.int32))
+            return np.zeros((0, self.dim), self.manifest["dtype"])
+        return self._concat(shards)
+
+    def _concat(self, parts):
+        if len(parts) == 1:
+            return parts[0]
+        return TokenRows.concat(parts) if self.per_token else np.concatenate(parts)
+
+    def _slice(self, buf, a, b):
+        return buf.slice_rows(a, b) if self.per_token else buf[a:b]
+
+
+def open_store(path: PathLike, *, require_complete: bool = True, verify: bool = False) -> EmbeddingStore:
+    """Opens an embedding store.
+
+    Args:
+      path: store directory.
+      require_complete: raise if the writer never finished (an interrupted extraction).
+      verify: check every shard's sha256 now rather than as each is read.
+
+    Raises:
+      StoreError: missing manifest or shard, corrupt shard, incomplete store.
+    """
+    store = EmbeddingStore(path)
+    if require_complete and not store.complete:
+        raise StoreError(f"{path} is incomplete ({store.num_rows} of "
+                         f"{store.manifest.get('total_rows', '?')} rows written); rerun the "
+                         "extraction to resume it, or pass require_complete=False")
+    if verify:
+        store.verify()
+    return store
