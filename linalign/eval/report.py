@@ -1,0 +1,177 @@
+"""Writes a study's results: report.md, results.json and PNG plots in results/<study>/.
+
+Every file is written to a temporary name in the same folder and then renamed, so an
+interrupted run never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, pathlib.Path):
+        return str(x)
+    return x
+
+
+def fmt(v, digits: int = 3) -> str:
+    """A table cell: floats to ``digits`` decimals, None/NaN as "n/a"."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, (float, np.floating)):
+        return "n/a" if not math.isfinite(float(v)) else f"{float(v):.{digits}f}"
+    return str(v)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence], digits: int = 3) -> str:
+    """A GitHub Markdown table from a header row and value rows."""
+    out = ["| " + " | ".join(map(str, headers)) + " |",
+           "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(fmt(v, digits) for v in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+class Report:
+    """Collects Markdown sections, plots and a results dict for one study.
+
+    Args:
+      study: study name (folder name).
+      out_root: parent folder; the report goes to out_root/study.
+      title: the report's heading.
+    """
+
+    def __init__(self, study: str, out_root: str | os.PathLike = "results", title: Optional[str] = None):
+        self.study = study
+        self.dir = pathlib.Path(out_root) / study
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.parts: list[str] = [f"# {title or study}\n"]
+        self.results: dict = {}
+        self.files: list[str] = []
+
+    def text(self, md: str) -> None:
+        self.parts.append(md.rstrip() + "\n")
+
+    def table(self, headers, rows, caption: str = "", digits: int = 3) -> str:
+        md = markdown_table(headers, rows, digits)
+        if caption:
+            self.parts.append(f"**{caption}**\n")
+        self.parts.append(md + "\n")
+        return md
+
+    def _save_fig(self, fig, name: str) -> str:
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        fname = f"{name}.png"
+        _atomic_write_bytes(self.dir / fname, buf.getvalue())
+        self.files.append(fname)
+        self.parts.append(f"![{name}]({fname})\n")
+        return fname
+
+    def heatmap(self, name: str, matrix, row_labels, col_labels, title: str = "",
+                vmin=None, vmax=None, fmt_digits: int = 2, cmap: str = "viridis") -> str:
+        """Saves an annotated heatmap PNG and links it in the report.
+
+        Args:
+          name: file stem.
+          matrix: [rows, cols] values (NaN cells are left blank).
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        m = np.asarray(matrix, np.float64)
+        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * m.shape[1], 1.0 + 0.8 * m.shape[0]))
+        im = ax.imshow(np.ma.masked_invalid(m), vmin=vmin, vmax=vmax, cmap=cmap)
+        ax.set_xticks(range(m.shape[1]), col_labels, rotation=30, ha="right")
+        ax.set_yticks(range(m.shape[0]), row_labels)
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                if np.isfinite(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.{fmt_digits}f}", ha="center", va="center",
+                            color="w" if (vmax is None or m[i, j] < 0.6 * vmax) else "k", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_title(title)
+        return self._save_fig(fig, name)
+
+    def curves(self, name: str, x, ys: dict, xlabel: str, ylabel: str, title: str = "",
+               logx: bool = False) -> str:
+        """Saves a line plot of several named series over the same x and links it."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for label, y in ys.items():
+            ax.plot(x, y, marker="o", label=label)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        return self._save_fig(fig, name)
+
+    def bars(self, name: str, groups: Sequence[str], series: dict, ylabel: str, title: str = "") -> str:
+        """Grouped bar chart: one group per entry of ``groups``, one bar per series."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(groups) + 2), 4.2))
+        w = 0.8 / max(1, len(series))
+        for s, (label, vals) in enumerate(series.items()):
+            ax.bar(np.arange(len(groups)) + s * w - 0.4 + w / 2, vals, w, label=label)
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        return self._save_fig(fig, name)
+
+    def write(self) -> pathlib.Path:
+        """Writes report.md and results.json; returns the study folder."""
+        _atomic_write_bytes(self.dir / "results.json",
+                            json.dumps(_jsonable(self.results), indent=2, sort_keys=True).encode())
+        _atomic_write_bytes(self.dir / "report.md", "\n".join(self.parts).encode())
+        return self.dir

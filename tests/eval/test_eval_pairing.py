@@ -1,0 +1,63 @@
+"""Character-offset pairing and tokenizer-compatibility measures."""
+
+import numpy as np
+import pytest
+
+from linalign.eval import pairing
+
+
+def test_pairing_rule_hand_example():
+    # text: "unbelievable cats"
+    #        0123456789012345 6
+    # target A: [CLS](0,0) "un"(0,2) "believ"(2,8) "able"(8,12) "cats"(13,17)
+    # source B: <bos>(0,0) "unbel"(0,5) "ievable"(5,12) " ca"(12,15) "ts"(15,17)
+    a = np.array([[0, 0], [0, 2], [2, 8], [8, 12], [13, 17]])
+    b = np.array([[0, 0], [0, 5], [5, 12], [12, 15], [15, 17]])
+    j = pairing.pair_offsets(a, b)
+    # un(ends 2)->unbel(5); believ(8)->ievable(12); able(12)->ievable(12); cats(17)->ts(17)
+    np.testing.assert_array_equal(j, [-1, 1, 2, 2, 4])
+
+
+def test_pairing_ties_go_to_last_and_unreachable_is_minus_one():
+    a = np.array([[0, 1], [1, 4], [4, 9]])
+    b = np.array([[0, 1], [0, 1], [1, 3]])  # two byte pieces ending at 1; nothing reaches 4
+    np.testing.assert_array_equal(pairing.pair_offsets(a, b), [1, -1, -1])
+
+
+def test_pairing_respects_masks_and_batch_gather():
+    a = np.array([[[0, 2], [2, 4]], [[0, 3], [0, 0]]])
+    ma = np.array([[1, 1], [1, 0]])
+    b = np.array([[[0, 4], [4, 4]], [[0, 1], [1, 3]]])
+    mb = np.array([[1, 0], [1, 1]])
+    p = pairing.pair_batch(a, ma, b, mb)
+    np.testing.assert_array_equal(p, [[0, 0], [1, -1]])
+    sa = np.arange(2 * 2 * 3).reshape(2, 2, 3)
+    sb = 100 + np.arange(2 * 2 * 2).reshape(2, 2, 2)
+    za, zb = pairing.gather_pairs(sa, sb, p)
+    np.testing.assert_array_equal(za, [sa[0, 0], sa[0, 1], sa[1, 0]])
+    np.testing.assert_array_equal(zb, [sb[0, 0], sb[0, 0], sb[1, 1]])
+
+
+def test_exact_match_rate_trims_whitespace():
+    text = "the cat sat"
+    a = np.array([[[0, 3], [3, 7], [7, 11]]])          # "the", " cat", " sat"
+    b = np.array([[[0, 3], [4, 7], [8, 9], [9, 11]]])  # "the", "cat", "s", "at"
+    m = lambda x: np.ones(x.shape[:2])
+    assert pairing.exact_token_match_rate([text], a, m(a), b, m(b)) == pytest.approx(2 / 3, rel=0, abs=1e-12)
+    assert pairing.exact_token_match_rate([text], b, m(b), a, m(a)) == pytest.approx(2 / 4, rel=0, abs=1e-12)
+    with pytest.raises(ValueError, match="1 texts but 2 target"):
+        pairing.exact_token_match_rate([text], np.concatenate([a, a]), m(a), b, m(b))
+
+
+def test_surface_forms_and_jaccard():
+    assert pairing.surface_form("Ġthe", "byte_level") == " the"
+    assert pairing.surface_form("Ã©", "byte_level") == "é"
+    assert pairing.surface_form("▁the", "sentencepiece") == " the"
+    assert pairing.surface_form("<0x41>", "sentencepiece") == "A"
+    assert pairing.surface_form("##ing", "wordpiece") == "ing"
+    assert pairing.surface_form("the", "wordpiece") == " the"
+    j = pairing.jaccard_vocab_overlap(["Ġthe", "ing", "<s>"], ["▁the", "ing", "x", "<pad>"],
+                                      "byte_level", "sentencepiece", ["<s>"], ["<pad>"])
+    assert j == pytest.approx(2 / 3, rel=0, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown tokenizer scheme"):
+        pairing.surface_form("a", "bpe")
