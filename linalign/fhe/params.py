@@ -1,0 +1,156 @@
+"""CKKS parameter sets and their check against the HomomorphicEncryption.org standard.
+
+HELIX needs multiplicative depth 1: one ciphertext x plaintext multiply followed by one
+rescale. A depth-1 CKKS modulus chain is ``[q0, p1, special]``:
+
+* ``p1`` (``scale_bits`` wide) is dropped by the rescale after the plaintext multiply, so the
+  result returns to scale ~2^scale_bits;
+* ``q0`` must hold the result: ``q0 / 2^scale_bits`` bounds |value| (headroom bits) and the
+  leftover bits are the integer part of the precision;
+* ``special`` is the key-switching prime (rotations); SEAL wants it at least as wide as any data
+  prime.
+
+The security check uses the 128-bit classical table of the HomomorphicEncryption.org standard
+(Albrecht et al., "Homomorphic Encryption Standard", 2018, Table 1, ternary secret), which is
+also what SEAL enforces with ``sec_level_type.tc128``: the total bit count of the coefficient
+modulus, special prime included, may not exceed the bound for the ring dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+# log2(q) upper bounds for 128-bit classical security, ternary secrets (HE standard, Table 1).
+HE_STANDARD_MAX_LOGQ_128: Mapping[int, int] = {
+    1024: 27,
+    2048: 54,
+    4096: 109,
+    8192: 218,
+    16384: 438,
+    32768: 881,
+}
+
+
+class InsecureParamsError(ValueError):
+    """A parameter set exceeds the 128-bit bound or is otherwise unusable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CKKSParams:
+    """One CKKS parameter set.
+
+    Attributes:
+      poly_modulus_degree: ring dimension N (power of two); N/2 complex slots.
+      coeff_mod_bit_sizes: bit sizes of the RNS primes, first data prime first, special
+        (key-switching) prime last.
+      scale_bits: log2 of the encoding scale; equal to the middle prime(s) so that a rescale
+        brings a product back to the same scale.
+    """
+
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: tuple[int, ...]
+    scale_bits: int
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree // 2
+
+    @property
+    def log_q(self) -> int:
+        """Total coefficient-modulus bits (what the security table bounds)."""
+        return int(sum(self.coeff_mod_bit_sizes))
+
+    @property
+    def depth(self) -> int:
+        """Number of rescales available (primes between the first and the special one)."""
+        return len(self.coeff_mod_bit_sizes) - 2
+
+    @property
+    def headroom_bits(self) -> int:
+        """log2 of the largest |value| that survives at the last level (q0 / scale)."""
+        return self.coeff_mod_bit_sizes[0] - self.scale_bits
+
+    def check(self) -> "CKKSParams":
+        """Raises InsecureParamsError unless the set is 128-bit secure and depth >= 1.
+
+        Returns:
+          self, so presets can be checked at definition.
+        """
+        n = self.poly_modulus_degree
+        if n not in HE_STANDARD_MAX_LOGQ_128:
+            raise InsecureParamsError(
+                f"poly_modulus_degree {n} is not in the 128-bit table "
+                f"{sorted(HE_STANDARD_MAX_LOGQ_128)}"
+            )
+        bound = HE_STANDARD_MAX_LOGQ_128[n]
+        if self.log_q > bound:
+            raise InsecureParamsError(
+                f"coeff modulus {self.coeff_mod_bit_sizes} totals {self.log_q} bits > {bound} "
+                f"allowed at N={n} for 128-bit security"
+            )
+        if len(self.coeff_mod_bit_sizes) < 3:
+            raise InsecureParamsError(
+                f"need >= 3 primes for depth 1 plus key switching, got {self.coeff_mod_bit_sizes}"
+            )
+        if any(b > 60 or b < 20 for b in self.coeff_mod_bit_sizes):
+            raise InsecureParamsError(f"prime sizes must be in [20, 60]: {self.coeff_mod_bit_sizes}")
+        if any(b != self.scale_bits for b in self.coeff_mod_bit_sizes[1:-1]):
+            raise InsecureParamsError(
+                f"middle primes {self.coeff_mod_bit_sizes[1:-1]} must equal scale_bits "
+                f"{self.scale_bits} so a rescale restores the scale"
+            )
+        if self.headroom_bits < 4:
+            raise InsecureParamsError(
+                f"first prime {self.coeff_mod_bit_sizes[0]} leaves only {self.headroom_bits} "
+                f"bits above the scale; results would overflow"
+            )
+        if self.coeff_mod_bit_sizes[-1] < max(self.coeff_mod_bit_sizes[:-1]):
+            raise InsecureParamsError("special prime must be the widest prime")
+        return self
+
+    def to_dict(self) -> dict:
+        return {
+            "poly_modulus_degree": self.poly_modulus_degree,
+            "coeff_mod_bit_sizes": list(self.coeff_mod_bit_sizes),
+            "scale_bits": self.scale_bits,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "CKKSParams":
+        unknown = set(d) - {"poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits"}
+        if unknown:
+            raise InsecureParamsError(f"unknown CKKS parameter fields {sorted(unknown)}")
+        return cls(
+            int(d["poly_modulus_degree"]),
+            tuple(int(b) for b in d["coeff_mod_bit_sizes"]),
+            int(d["scale_bits"]),
+        ).check()
+
+
+# N=8192, 160 of 218 bits: scale 2^40 (precision ~1e-7 on unit-scale data), 20 bits of headroom.
+# This is the ring dimension the paper's TenSEAL baseline used. Default.
+N8192_D1 = CKKSParams(8192, (60, 40, 60), 40).check()
+# N=4096, 109 of 109 bits: scale 2^31, 8 bits headroom (|score| < 256). 2x cheaper per op,
+# half-size ciphertexts, 2048 slots (d <= 2048 after padding).
+N4096_D1 = CKKSParams(4096, (39, 31, 39), 31).check()
+# N=16384, 200 of 438 bits: for d*copies beyond 4096 slots; 8192 slots.
+N16384_D1 = CKKSParams(16384, (60, 40, 60), 40).check()
+
+PRESETS: Mapping[str, CKKSParams] = {
+    "n8192": N8192_D1,
+    "n4096": N4096_D1,
+    "n16384": N16384_D1,
+}
+DEFAULT = N8192_D1
+
+
+def get_params(name_or_params: "str | CKKSParams | None") -> CKKSParams:
+    """Resolves a preset name (or passes a CKKSParams through) and checks it."""
+    if name_or_params is None:
+        return DEFAULT
+    if isinstance(name_or_params, CKKSParams):
+        return name_or_params.check()
+    if name_or_params not in PRESETS:
+        raise InsecureParamsError(f"unknown CKKS preset {name_or_params!r}; known {sorted(PRESETS)}")
+    return PRESETS[name_or_params]
