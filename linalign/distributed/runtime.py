@@ -1,0 +1,251 @@
+"""Multi-controller runtime: start JAX's distributed client, shard inputs, build global meshes.
+
+Every process runs the same program (JAX's multi-controller model). ``initialize`` connects the
+processes through ``jax.distributed.initialize``; where JAX has a cluster detector of its own
+(Cloud TPU pods, SLURM, Open MPI) it is used as is, so the coordinator address, process count
+and id come from the environment exactly as JAX reads them. Explicit arguments or the
+``LINALIGN_COORDINATOR`` / ``LINALIGN_NUM_PROCESSES`` / ``LINALIGN_PROCESS_ID`` variables
+(what ``launch/local_cpu.sh`` sets) take precedence, which is how several processes on one
+machine imitate a multi-host job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping, Optional, Sequence, TypeVar
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+ENV_COORDINATOR = "LINALIGN_COORDINATOR"
+ENV_NUM_PROCESSES = "LINALIGN_NUM_PROCESSES"
+ENV_PROCESS_ID = "LINALIGN_PROCESS_ID"
+ENV_CLUSTER = "LINALIGN_CLUSTER"
+CLUSTERS = ("auto", "explicit", "slurm", "tpu", "none")
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    """How this process joins the job.
+
+    Attributes:
+      kind: "explicit" (coordinator/process count/id given), "slurm" or "tpu" (JAX's own
+        detector fills them in), or "none" (a single process; nothing to initialize).
+      coordinator_address: host:port of process 0's coordinator service (explicit only).
+      num_processes, process_id: explicit only.
+      local_device_ids: devices this process drives (None: all it sees).
+    """
+
+    kind: str
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+    local_device_ids: Optional[tuple[int, ...]] = None
+
+
+def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
+    v = env.get(name)
+    if v in (None, ""):
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={v!r} is not an integer") from None
+
+
+def resolve_cluster(coordinator_address: Optional[str] = None,
+                    num_processes: Optional[int] = None,
+                    process_id: Optional[int] = None,
+                    local_device_ids: Optional[Sequence[int]] = None,
+                    cluster: str = "auto",
+                    env: Optional[Mapping[str, str]] = None) -> ClusterSpec:
+    """Decides how to join the job, without side effects (so it can be tested).
+
+    Precedence: explicit arguments, then ``LINALIGN_*`` variables, then a detected SLURM job
+    with more than one task, then a TPU pod (only when asked for with cluster="tpu" or
+    ``LINALIGN_CLUSTER=tpu``: a TPU VM's metadata cannot be probed cheaply and a single-host
+    TPU VM needs no initialization), else a single process.
+
+    Args:
+      coordinator_address, num_processes, process_id, local_device_ids: explicit settings.
+      cluster: one of CLUSTERS; "auto" picks as above.
+      env: environment to read (default os.environ).
+
+    Returns:
+      ClusterSpec.
+
+    Raises:
+      ValueError: incomplete explicit settings, a process id out of range, or an unknown
+        cluster kind.
+    """
+    env = os.environ if env is None else env
+    cluster = env.get(ENV_CLUSTER, cluster) if cluster == "auto" else cluster
+    if cluster not in CLUSTERS:
+        raise ValueError(f"unknown cluster kind {cluster!r}; expected one of {CLUSTERS}")
+    devs = tuple(int(i) for i in local_device_ids) if local_device_ids is not None else None
+    coord = coordinator_address or env.get(ENV_COORDINATOR) or None
+    nproc = num_processes if num_processes is not None else _env_int(env, ENV_NUM_PROCESSES)
+    pid = process_id if process_id is not None else _env_int(env, ENV_PROCESS_ID)
+    given = {"coordinator_address": coord, "num_processes": nproc, "process_id": pid}
+    if cluster == "explicit" or (cluster == "auto" and any(v is not None for v in given.values())):
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise ValueError(
+                f"explicit multi-process settings are incomplete: {missing} missing (set them "
+                f"with flags or {ENV_COORDINATOR}/{ENV_NUM_PROCESSES}/{ENV_PROCESS_ID})")
+        if nproc < 1 or not 0 <= pid < nproc:
+            raise ValueError(f"process_id {pid} is outside [0, num_processes={nproc})")
+        if ":" not in coord:
+            raise ValueError(f"coordinator address {coord!r} must be host:port")
+        return ClusterSpec("explicit", coord, nproc, pid, devs)
+    if cluster == "slurm" or (cluster == "auto" and "SLURM_JOB_ID" in env
+                              and (_env_int(env, "SLURM_NTASKS") or 1) > 1):
+        return ClusterSpec("slurm", local_device_ids=devs)
+    if cluster == "tpu":
+        return ClusterSpec("tpu", local_device_ids=devs)
+    return ClusterSpec("none", local_device_ids=devs)
+
+
+_INITIALIZED: Optional[ClusterSpec] = None
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None, local_device_ids: Optional[Sequence[int]] = None,
+               cluster: str = "auto") -> ClusterSpec:
+    """Joins the multi-process job (idempotent); call before any other JAX work.
+
+    Args:
+      coordinator_address: "host:port" of process 0. None: from the environment.
+      num_processes: total processes. None: from the environment.
+      process_id: this process's index. None: from the environment.
+      local_device_ids: device ids this process drives (one process per GPU under SLURM).
+      cluster: "auto", "explicit", "slurm", "tpu" or "none" (see ``resolve_cluster``).
+
+    Returns:
+      The ClusterSpec that was used.
+    """
+    global _INITIALIZED
+    spec = resolve_cluster(coordinator_address, num_processes, process_id, local_device_ids, cluster)
+    if _INITIALIZED is not None:
+        if spec != _INITIALIZED:
+            logging.warning("distributed runtime already initialized as %s; ignoring %s",
+                            _INITIALIZED, spec)
+        return _INITIALIZED
+    if spec.kind == "explicit":
+        jax.distributed.initialize(coordinator_address=spec.coordinator_address,
+                                   num_processes=spec.num_processes, process_id=spec.process_id,
+                                   local_device_ids=spec.local_device_ids)
+    elif spec.kind in ("slurm", "tpu"):
+        # JAX's own cluster detectors (SlurmCluster, GceTpuCluster) fill in everything.
+        jax.distributed.initialize(local_device_ids=spec.local_device_ids)
+    _INITIALIZED = spec
+    logging.info("runtime %s: process %d of %d, %d local / %d global devices", spec.kind,
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count())
+    return spec
+
+
+def shard_for_process(items: Sequence[T], process_index: int, process_count: int,
+                      mode: str = "contiguous") -> Sequence[T]:
+    """This process's deterministic share of ``items``.
+
+    Contiguous shards differ in size by at most one and earlier processes get the extra items;
+    strided shards take every ``process_count``-th item. Both depend only on len(items) and the
+    two integers, so every process computes every other process's shard without talking to it.
+    A ``range`` stays a lazy ``range``.
+
+    Args:
+      items: any sliceable sequence (list, range, np.ndarray).
+      process_index: in [0, process_count).
+      process_count: number of processes.
+      mode: "contiguous" or "strided".
+
+    Returns:
+      A slice of ``items``.
+    """
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+    if mode == "strided":
+        return items[process_index::process_count]
+    if mode != "contiguous":
+        raise ValueError(f"unknown shard mode {mode!r}; expected 'contiguous' or 'strided'")
+    lo, hi = contiguous_bounds(len(items), process_index, process_count)
+    return items[lo:hi]
+
+
+def contiguous_bounds(n: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[lo, hi) of process ``process_index``'s contiguous shard of ``n`` items."""
+    base, extra = divmod(n, process_count)
+    lo = process_index * base + min(process_index, extra)
+    return lo, lo + base + (1 if process_index < extra else 0)
+
+
+def parse_mesh(spec: str) -> dict[str, int]:
+    """Parses "data=2,model=4" (one size may be -1: all remaining devices)."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, eq, size = part.partition("=")
+        if not eq or not name:
+            raise ValueError(f"mesh spec {spec!r}: expected name=size pairs like data=2,model=4")
+        try:
+            out[name.strip()] = int(size)
+        except ValueError:
+            raise ValueError(f"mesh spec {spec!r}: size of axis {name!r} is not an integer") from None
+    if not out:
+        raise ValueError(f"mesh spec {spec!r} names no axes")
+    return out
+
+
+def global_mesh(axes: Mapping[str, int], devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A mesh over all devices of all processes, ordered process-major.
+
+    Devices are sorted by (process_index, id) and the trailing mesh axis varies fastest, so the
+    last axes (the model axis) stay inside one host where they fit, and each process's devices
+    own a contiguous block of the leading (data) axis: ``make_array_from_process_local_data``
+    then maps a process's local rows onto its own devices.
+
+    Args:
+      axes: ordered axis name -> size; one size may be -1 (inferred).
+      devices: default ``jax.devices()``.
+
+    Raises:
+      ValueError: sizes that do not multiply to the device count.
+    """
+    devices = sorted(devices if devices is not None else jax.devices(),
+                     key=lambda d: (d.process_index, d.id))
+    names, sizes = list(axes), list(axes.values())
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh {dict(axes)}: at most one axis size may be -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if known <= 0 or len(devices) % known:
+            raise ValueError(f"mesh {dict(axes)} does not divide {len(devices)} devices")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
+                         f"but there are {len(devices)}")
+    return Mesh(np.asarray(devices, dtype=object).reshape(sizes), tuple(names))
+
+
+def local_data_shards(mesh: Mesh, axis: str = "data") -> tuple[int, int]:
+    """(first index, count) of the ``axis`` positions whose devices all belong to this process.
+
+    Raises:
+      ValueError: this process's devices do not own a whole, contiguous block of ``axis``
+        (e.g. a model axis spanning hosts), which the row feeding here relies on.
+    """
+    ax = mesh.axis_names.index(axis)
+    dev = np.moveaxis(mesh.devices, ax, 0).reshape(mesh.devices.shape[ax], -1)
+    me = jax.process_index()
+    owned = [i for i in range(dev.shape[0]) if all(d.process_index == me for d in dev[i])]
+    mixed = [i for i in range(dev.shape[0])
+             if any(d.process_index == me for d in dev[i]) and i not in owned]
+    if mixed or not owned or owned != list(range(owned[0], owned[0] + len(owned))):
+        raise ValueError(f"process {me} does not own a contiguous block of mesh axis {axis!r} "
+                         f"(mesh {dict(mesh.shape)}); keep the other axes within one host")
+    return owned[0], len(owned)
