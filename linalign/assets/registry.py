@@ -11,9 +11,9 @@ Recipes (the ``recipe`` field of :class:`AssetSpec`) say how the payload is asse
 * ``"concat"``: concatenate ``members[i]`` of wheel ``i`` (in order) into the file ``result``.
 * ``"dir"``: copy every wheel member under the prefix ``members[0]`` into the directory ``result``.
 * ``"concat_zip"``: concatenate ``members[i]`` of wheel ``i`` into one zip, extract it; ``result`` is the
-  directory inside that zip.
+    directory inside that zip.
 * ``"deb"``: ``apt-get download`` each Debian package, ``dpkg-deb -x`` them into one tree; ``result`` is
-  the directory inside that tree.
+    the directory inside that tree.
 """
 
 from __future__ import annotations
@@ -23,67 +23,67 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Wheel:
-  """One pinned PyPI wheel.
+    """One pinned PyPI wheel.
 
-  Attributes:
-    package: distribution name as given to pip.
-    version: exact version.
-    filename: the wheel file name pip downloads.
-    sha256: hex digest of the wheel file.
-    size: size of the wheel file in bytes.
-  """
+    Attributes:
+        package: distribution name as given to pip.
+        version: exact version.
+        filename: the wheel file name pip downloads.
+        sha256: hex digest of the wheel file.
+        size: size of the wheel file in bytes.
+    """
 
-  package: str
-  version: str
-  filename: str
-  sha256: str
-  size: int
+    package: str
+    version: str
+    filename: str
+    sha256: str
+    size: int
 
-  @property
-  def requirement(self) -> str:
-    return f"{self.package}=={self.version}"
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
 
 
 @dataclasses.dataclass(frozen=True)
 class AssetSpec:
-  """How one named asset is obtained.
+    """How one named asset is obtained.
 
-  Attributes:
-    name: the asset name used by ``linalign.assets.path``.
-    kind: what the asset is ("gguf", "hf_dir", "corpus").
-    description: one line for listings.
-    recipe: one of "file", "concat", "dir", "concat_zip", "deb" (see the module docstring).
-    wheels: pinned wheels, in assembly order (PyPI recipes).
-    members: paths inside the wheels (meaning depends on the recipe).
-    debs: Debian package names ("deb" recipe).
-    result: path of the payload relative to the asset directory.
-    required: paths relative to the payload that must exist after assembly (a sanity check).
-  """
+    Attributes:
+        name: the asset name used by ``linalign.assets.path``.
+        kind: what the asset is ("gguf", "hf_dir", "corpus").
+        description: one line for listings.
+        recipe: one of "file", "concat", "dir", "concat_zip", "deb" (see the module docstring).
+        wheels: pinned wheels, in assembly order (PyPI recipes).
+        members: paths inside the wheels (meaning depends on the recipe).
+        debs: Debian package names ("deb" recipe).
+        result: path of the payload relative to the asset directory.
+        required: paths relative to the payload that must exist after assembly (a sanity check).
+    """
 
-  name: str
-  kind: str
-  description: str
-  recipe: str
-  result: str
-  wheels: tuple[Wheel, ...] = ()
-  members: tuple[str, ...] = ()
-  debs: tuple[str, ...] = ()
-  required: tuple[str, ...] = ()
+    name: str
+    kind: str
+    description: str
+    recipe: str
+    result: str
+    wheels: tuple[Wheel, ...] = ()
+    members: tuple[str, ...] = ()
+    debs: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
 
-  @property
-  def source(self) -> str:
-    if self.debs:
-      return "debian:" + ",".join(self.debs)
-    return "pypi:" + ",".join(w.requirement for w in self.wheels)
+    @property
+    def source(self) -> str:
+        if self.debs:
+            return "debian:" + ",".join(self.debs)
+        return "pypi:" + ",".join(w.requirement for w in self.wheels)
 
-  @property
-  def download_size(self) -> int:
-    return sum(w.size for w in self.wheels)
+    @property
+    def download_size(self) -> int:
+        return sum(w.size for w in self.wheels)
 
 
 def _whl(package: str, version: str, sha256: str, size: int) -> Wheel:
-  filename = f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
-  return Wheel(package, version, filename, sha256, size)
+    filename = f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+    return Wheel(package, version, filename, sha256, size)
 
 
 _GEMMA_SHA = (
