@@ -1,0 +1,336 @@
+"""Streamed sufficient statistics for the centred ridge regression Z_B W + 1 b^T ~ Z_A.
+
+Everything the closed-form fit needs is a handful of moments of the paired embeddings:
+
+  n                 number of rows seen
+  mean_b [d_b]      mean of the source embeddings
+  mean_a [d_a]      mean of the target embeddings
+  c_bb [d_b, d_b]   centred sum of squares  sum_i (z_b,i - mean_b)^T (z_b,i - mean_b)
+  c_ba [d_b, d_a]   centred cross products  sum_i (z_b,i - mean_b)^T (z_a,i - mean_a)
+  ss_a [d_a]        centred sum of squares of the target, per column (diagonal of C_aa);
+                    cheap, and it gives training R^2 and GCV without another pass
+
+Numerics: each batch is centred on its own mean before the products are formed, and batches
+are combined with Chan et al.'s pairwise update (the matrix form of Welford's algorithm):
+
+  n = n1 + n2,  delta = mean2 - mean1,  mean = mean1 + delta * n2 / n
+  C = C1 + C2 + (n1 n2 / n) delta_b^T delta_a
+
+which is exact in exact arithmetic and keeps float32 accurate when the data's mean is far
+from zero (forming Z^T Z and subtracting n mu mu^T would lose about log10(mu^2/var) digits).
+``merge`` is the same update, so statistics from separate workers combine exactly.
+
+Sharding: ``Accumulator`` takes an optional ``jax.sharding.Mesh``; batch rows are split over
+the rules' ``batch`` mesh axis and reduced by the compiler, and the d_b rows of C_bb / C_ba
+can be split over a ``model`` axis so each device holds only its slice of the accumulators.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from linalign.align import sharding as shd
+from linalign.align.validate import AlignInputError, check_pair
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@flax.struct.dataclass
+class SufficientStats:
+    """Centred moments of paired embeddings (a pytree; see module docstring).
+
+    Attributes:
+      n: [] int32 rows seen.
+      mean_b: [d_b] source mean.
+      mean_a: [d_a] target mean.
+      c_bb: [d_b, d_b] centred source sum of squares (symmetric PSD).
+      c_ba: [d_b, d_a] centred cross products.
+      ss_a: [d_a] centred per-column target sum of squares (diag of C_aa).
+    """
+
+    n: jax.Array
+    mean_b: jax.Array
+    mean_a: jax.Array
+    c_bb: jax.Array
+    c_ba: jax.Array
+    ss_a: jax.Array
+
+    @property
+    def d_b(self) -> int:
+        return int(self.mean_b.shape[0])
+
+    @property
+    def d_a(self) -> int:
+        return int(self.mean_a.shape[0])
+
+    @property
+    def dtype(self):
+        return self.c_bb.dtype
+
+
+def _stat_axes():
+    """Logical axes of each SufficientStats leaf, in field order."""
+    return SufficientStats(
+        n=(), mean_b=(None,), mean_a=(None,), c_bb=(shd.FEAT_B, shd.FEAT_B2),
+        c_ba=(shd.FEAT_B, shd.FEAT_A), ss_a=(None,))
+
+
+def stats_shardings(mesh: Mesh, rules: Optional[shd.ShardingRules] = None) -> SufficientStats:
+    """NamedSharding for each leaf of SufficientStats under ``rules`` on ``mesh``."""
+    rules = rules or shd.ShardingRules()
+    return jax.tree.map(lambda ax: rules.sharding(mesh, ax), _stat_axes(),
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _zeros(d_b: int, d_a: int, dtype) -> SufficientStats:
+    return SufficientStats(
+        n=jnp.zeros((), jnp.int32), mean_b=jnp.zeros((d_b,), dtype), mean_a=jnp.zeros((d_a,), dtype),
+        c_bb=jnp.zeros((d_b, d_b), dtype), c_ba=jnp.zeros((d_b, d_a), dtype),
+        ss_a=jnp.zeros((d_a,), dtype))
+
+
+def init_stats(d_b: int, d_a: int, dtype=jnp.float32, sharding: Any = None) -> SufficientStats:
+    """Zero statistics (n = 0).
+
+    Args:
+      d_b: source width.
+      d_a: target width.
+      dtype: accumulator dtype (float32 default; float64 needs jax_enable_x64).
+      sharding: None (default device), a ``Mesh`` (leaves laid out by the default
+        ShardingRules), or a SufficientStats of shardings (from ``stats_shardings``).
+
+    Returns:
+      SufficientStats created directly in its final layout (explicit out_shardings, so a large
+      C_bb is never materialised whole on one device first).
+    """
+    if d_b <= 0 or d_a <= 0:
+        raise AlignInputError(f"widths must be positive, got d_b={d_b}, d_a={d_a}")
+    if isinstance(sharding, Mesh):
+        sharding = stats_shardings(sharding)
+    make = functools.partial(_zeros, d_b, d_a, dtype)
+    if sharding is None:
+        return jax.jit(make)()
+    return jax.jit(make, out_shardings=sharding)()
+
+
+def from_moments(n, mean_b, mean_a, c_bb, c_ba, ss_a=None) -> SufficientStats:
+    """Builds statistics from moments computed elsewhere (e.g. a cross-product received over
+    a protocol). ``ss_a`` may be omitted (then training R^2 / GCV are unavailable: NaN)."""
+    mean_b = jnp.asarray(mean_b)
+    if ss_a is None:
+        ss_a = jnp.full(jnp.shape(mean_a), jnp.nan, mean_b.dtype)
+    s = SufficientStats(n=jnp.asarray(n, jnp.int32), mean_b=mean_b, mean_a=jnp.asarray(mean_a),
+                        c_bb=jnp.asarray(c_bb), c_ba=jnp.asarray(c_ba), ss_a=jnp.asarray(ss_a))
+    d_b, d_a = s.mean_b.shape[0], s.mean_a.shape[0]
+    if s.c_bb.shape != (d_b, d_b) or s.c_ba.shape != (d_b, d_a) or s.ss_a.shape != (d_a,):
+        raise AlignInputError(
+            f"inconsistent moment shapes: mean_b {s.mean_b.shape}, mean_a {s.mean_a.shape}, "
+            f"c_bb {s.c_bb.shape}, c_ba {s.c_ba.shape}, ss_a {s.ss_a.shape}")
+    return s
+
+
+def merge(s1: SufficientStats, s2: SufficientStats) -> SufficientStats:
+    """Exact pairwise combination of two sets of statistics (Chan et al.).
+
+    Associative and commutative up to rounding; either side may have n = 0.
+    """
+    n1 = s1.n.astype(s1.c_bb.dtype)
+    n2 = s2.n.astype(s1.c_bb.dtype)
+    n = n1 + n2
+    n_safe = jnp.maximum(n, 1)
+    w2 = n2 / n_safe                 # weight of the second mean
+    cross = n1 * n2 / n_safe         # weight of the between-group term
+    d_b = s2.mean_b - s1.mean_b
+    d_a = s2.mean_a - s1.mean_a
+    return SufficientStats(
+        n=s1.n + s2.n,
+        mean_b=s1.mean_b + d_b * w2,
+        mean_a=s1.mean_a + d_a * w2,
+        c_bb=s1.c_bb + s2.c_bb + cross * jnp.outer(d_b, d_b),
+        c_ba=s1.c_ba + s2.c_ba + cross * jnp.outer(d_b, d_a),
+        ss_a=s1.ss_a + s2.ss_a + cross * d_a * d_a,
+    )
+
+
+def batch_stats(z_b: jax.Array, z_a: jax.Array, mask: Optional[jax.Array] = None,
+                dtype=jnp.float32) -> SufficientStats:
+    """Statistics of one batch, centred on the batch's own mean.
+
+    Args:
+      z_b: [m, d_b] source embeddings.
+      z_a: [m, d_a] target embeddings.
+      mask: optional [m] 0/1 row weights (padding or held-out rows are 0).
+      dtype: computation dtype.
+
+    Returns:
+      SufficientStats of the (unmasked) rows.
+    """
+    z_b = z_b.astype(dtype)
+    z_a = z_a.astype(dtype)
+    m_rows = z_b.shape[0]
+    if mask is None:
+        n = jnp.asarray(m_rows, jnp.int32)
+        mu_b = jnp.mean(z_b, axis=0)
+        mu_a = jnp.mean(z_a, axis=0)
+        x_b = z_b - mu_b
+        x_a = z_a - mu_a
+    else:
+        w_m = mask.astype(dtype)
+        n = jnp.sum(mask.astype(jnp.int32))
+        inv = 1.0 / jnp.maximum(n.astype(dtype), 1)
+        mu_b = (w_m @ z_b) * inv
+        mu_a = (w_m @ z_a) * inv
+        # Zeroing masked rows on one side is enough for every product below.
+        x_b = (z_b - mu_b) * w_m[:, None]
+        x_a = z_a - mu_a
+    c_bb = jnp.einsum("mi,mj->ij", x_b, x_b, precision=_HIGHEST)
+    c_ba = jnp.einsum("mi,mj->ij", x_b, x_a, precision=_HIGHEST)
+    sq_a = x_a * x_a if mask is None else x_a * x_a * w_m[:, None]
+    return SufficientStats(n=n, mean_b=mu_b, mean_a=mu_a, c_bb=c_bb, c_ba=c_ba,
+                           ss_a=jnp.sum(sq_a, axis=0))
+
+
+def _update(stats: SufficientStats, z_b, z_a, mask=None) -> SufficientStats:
+    return merge(stats, batch_stats(z_b, z_a, mask, stats.c_bb.dtype))
+
+
+# The accumulator buffers are donated so the update reuses them in place.
+update = jax.jit(_update, donate_argnums=0)
+update.__doc__ = """Adds a batch to the statistics (jitted; ``stats`` is donated, do not reuse it).
+
+Args:
+  stats: running SufficientStats.
+  z_b: [m, d_b] source embeddings.
+  z_a: [m, d_a] target embeddings.
+  mask: optional [m] 0/1 row weights.
+
+Returns:
+  the merged SufficientStats. Inputs are not validated here (hot path); ``Accumulator.add``
+  validates on the host.
+"""
+
+
+def stats_to_numpy(stats: SufficientStats) -> dict[str, np.ndarray]:
+    """Host copies of every field, as a dict of numpy arrays (gathers sharded leaves)."""
+    return {k: np.asarray(jax.device_get(getattr(stats, k)))
+            for k in ("n", "mean_b", "mean_a", "c_bb", "c_ba", "ss_a")}
+
+
+def from_arrays(z_b, z_a, mask=None, dtype=jnp.float32, batch_size: Optional[int] = None) -> SufficientStats:
+    """Statistics of whole arrays (validated), optionally streamed in batches.
+
+    Args:
+      z_b: [n, d_b] source embeddings.
+      z_a: [n, d_a] target embeddings, same rows.
+      mask: optional [n] 0/1 row weights.
+      dtype: accumulator dtype.
+      batch_size: rows per update; None: one shot.
+    """
+    # Full check up front, so nothing is accumulated from an input that turns out bad.
+    z_b, z_a, mask = check_pair(z_b, z_a, mask=mask)
+    acc = Accumulator(z_b.shape[1], z_a.shape[1], dtype=dtype)
+    n = z_b.shape[0]
+    step = batch_size or n
+    for i in range(0, n, step):
+        acc.add(z_b[i:i + step], z_a[i:i + step], None if mask is None else mask[i:i + step],
+                _checked=True)
+    return acc.stats
+
+
+class Accumulator:
+    """Streams batches into SufficientStats, on one device or over a mesh.
+
+    Args:
+      d_b: source width.
+      d_a: target width.
+      mesh: optional Mesh; rows of each batch are split over ``rules.batch`` and the d_b rows
+        of the accumulators over ``rules.feat_b`` when the mesh has those axes.
+      rules: ShardingRules (default: batch->"data", feat_b->"model").
+      dtype: accumulator dtype.
+      check_finite: scan each batch on the host for NaN/Inf (names the first bad row).
+
+    Example:
+      acc = Accumulator(768, 1024)
+      for z_b, z_a in batches: acc.add(z_b, z_a)
+      W, b = solve(acc.stats, lam=1e-2)
+    """
+
+    def __init__(self, d_b: int, d_a: int, mesh: Optional[Mesh] = None,
+                 rules: Optional[shd.ShardingRules] = None, dtype=jnp.float32,
+                 check_finite: bool = True):
+        self.d_b, self.d_a = d_b, d_a
+        self.mesh = mesh
+        self.rules = rules or shd.ShardingRules()
+        self.dtype = jnp.dtype(dtype)
+        self.check_finite = check_finite
+        self.rows_seen = 0
+        self._stats = None
+        self._build()
+
+    def _build(self):
+        if self.mesh is None:
+            self._stats = init_stats(self.d_b, self.d_a, self.dtype)
+            self._update = update
+            self._row_multiple = 1
+            return
+        out_sh = stats_shardings(self.mesh, self.rules)
+        self._stats = init_stats(self.d_b, self.d_a, self.dtype, sharding=out_sh)
+        rows_sh = self.rules.sharding(self.mesh, (shd.BATCH, None))
+        mask_sh = self.rules.sharding(self.mesh, (shd.BATCH,))
+        self._in_shardings = (rows_sh, mask_sh)
+        self._update = jax.jit(_update, in_shardings=(out_sh, rows_sh, rows_sh, mask_sh),
+                               out_shardings=out_sh, donate_argnums=0)
+        spec = rows_sh.spec[0]
+        axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
+        self._row_multiple = int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
+
+    def add(self, z_b, z_a, mask=None, *, _checked: bool = False) -> "Accumulator":
+        """Adds one batch of paired rows.
+
+        Args:
+          z_b: [m, d_b] source embeddings (numpy or jax).
+          z_a: [m, d_a] target embeddings.
+          mask: optional [m] 0/1 (or bool) row weights; 0 rows are ignored.
+
+        Raises:
+          AlignInputError: bad shape/dtype/NaN, naming the side and the global row index.
+        """
+        if not _checked:
+            z_b, z_a, mask = check_pair(z_b, z_a, d_b=self.d_b, d_a=self.d_a, mask=mask,
+                                        allow_empty=True, check_finite=self.check_finite,
+                                        row_offset=self.rows_seen)
+        m = int(z_b.shape[0])
+        self.rows_seen += m
+        if m == 0:
+            return self
+        if self.mesh is None:
+            if mask is not None:
+                mask = jnp.asarray(mask)
+            self._stats = self._update(self._stats, z_b, z_a, mask)
+            return self
+        pad = (-m) % self._row_multiple
+        mask = np.ones((m,), np.bool_) if mask is None else np.asarray(mask).astype(np.bool_)
+        if pad:
+            # Rows must divide the data axis; padding rows carry mask 0.
+            z_b = np.concatenate([np.asarray(z_b), np.zeros((pad, self.d_b), np.asarray(z_b).dtype)])
+            z_a = np.concatenate([np.asarray(z_a), np.zeros((pad, self.d_a), np.asarray(z_a).dtype)])
+            mask = np.concatenate([mask, np.zeros((pad,), np.bool_)])
+        rows_sh, mask_sh = self._in_shardings
+        z_b = jax.device_put(z_b, rows_sh)
+        z_a = jax.device_put(z_a, rows_sh)
+        mask = jax.device_put(mask, mask_sh)
+        self._stats = self._update(self._stats, z_b, z_a, mask)
+        return self
+
+    @property
+    def stats(self) -> SufficientStats:
+        """Current statistics (a fresh reference; safe to keep after further ``add`` calls)."""
+        # The next update donates the buffers, so hand out a copy.
+        return jax.tree.map(jnp.copy, self._stats)
