@@ -143,6 +143,24 @@ class Tokenizer:
                    bos_token=_token_content(cfg.get("bos_token")),
                    eos_token=_token_content(cfg.get("eos_token")))
 
+    _STATE_KEYS = ("bos_id", "eos_id", "pad_id", "add_bos", "chat_template", "name",
+                   "model_max_length", "padding_side", "bos_token", "eos_token")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable state (the tokenizer.json text plus the wrapper's settings)."""
+        d = {k: getattr(self, k) for k in self._STATE_KEYS}
+        d["tokenizer_json"] = self._hf.to_str()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Tokenizer":
+        """Inverse of ``to_dict``."""
+        import tokenizers
+
+        kw = {k: d.get(k) for k in cls._STATE_KEYS}
+        kw["padding_side"] = kw["padding_side"] or "right"
+        return cls(tokenizers.Tokenizer.from_str(d["tokenizer_json"]), **kw)
+
     # ------------------------------------------------------------------ encoding
     def _set_truncation(self, max_length: Optional[int]) -> None:
         if max_length == self._trunc_len:

@@ -1,0 +1,359 @@
+"""BERT encoder (post-LayerNorm, absolute positions, token types) as a Linen module.
+
+Serves Hugging Face ``model_type == "bert"`` checkpoints such as all-MiniLM-L6-v2 (hidden 384,
+6 layers). The transformer block (``EncoderLayer``) and the table-driven weight conversion
+helpers are shared with ``linalign.models.mpnet``, which differs only in embeddings and a
+relative-position attention bias.
+
+Positions: Hugging Face BERT numbers positions 0..T-1 regardless of padding, so left padding
+shifts every real token's position. This port numbers real tokens from 0 by their order
+within the attention mask (padding keeps its raw index), which is identical to Hugging Face
+for right padding and makes left- and right-padded batches give the same real-token states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linalign.models.base import (CheckpointError, ModelOutput, UnsupportedConfigError,
+                                  check_hf_config)
+
+MODEL_TYPES = ("bert",)
+IS_CAUSAL = False
+
+ACTIVATIONS: dict[str, Callable] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+# Attributes that only affect training (dropout, init) or output bookkeeping.
+_TRAINING_ONLY = {"hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                  "tie_word_embeddings", "gradient_checkpointing", "initializer_range"}
+
+
+def _require(hf: dict, key: str, family: str):
+    if key not in hf:
+        raise UnsupportedConfigError(f"{family} config lacks required attribute {key!r}")
+    return hf[key]
+
+
+def _check_common(hf: dict, family: str) -> None:
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise UnsupportedConfigError(f"{family} port is an encoder; is_decoder/add_cross_attention "
+                                     "must be false")
+    if hf.get("hidden_act", "gelu") not in ACTIVATIONS:
+        raise UnsupportedConfigError(f"{family}: hidden_act {hf.get('hidden_act')!r} not supported; "
+                                     f"expected one of {sorted(ACTIVATIONS)}")
+    if hf["hidden_size"] % hf["num_attention_heads"]:
+        raise UnsupportedConfigError(f"{family}: hidden_size {hf['hidden_size']} is not divisible by "
+                                     f"num_attention_heads {hf['num_attention_heads']}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """BERT hyperparameters (names follow Hugging Face's BertConfig)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf_config(cls, hf: dict) -> "Config":
+        """Builds a Config from config.json, refusing attributes this port does not implement."""
+        check_hf_config(hf, {
+            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+            "hidden_act", "position_embedding_type", "pad_token_id", "is_decoder",
+            "add_cross_attention"}, "bert", ignorable=_TRAINING_ONLY)
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise UnsupportedConfigError(
+                f"bert: position_embedding_type {hf['position_embedding_type']!r} not supported "
+                "(only 'absolute')")
+        for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+            _require(hf, k, "bert")
+        _check_common(hf, "bert")
+        return cls(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+                   num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+                   intermediate_size=hf.get("intermediate_size", 4 * hf["hidden_size"]),
+                   max_position_embeddings=hf.get("max_position_embeddings", 512),
+                   type_vocab_size=hf.get("type_vocab_size", 2),
+                   layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+                   hidden_act=hf.get("hidden_act", "gelu"),
+                   pad_token_id=hf.get("pad_token_id") or 0)
+
+
+# ----------------------------------------------------------------------------- modules
+class LayerNorm(nn.Module):
+    """LayerNorm computed in float32 (as PyTorch does for float32 models)."""
+
+    eps: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_btd):
+        d = x_btd.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
+        x = x_btd.astype(jnp.float32)
+        mu = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mu).mean(-1, keepdims=True)
+        y = (x - mu) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32) + bias
+        return y.astype(self.dtype)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN block: x = LN(x + Attn(x)); x = LN(x + MLP(x)).
+
+    Attributes:
+      hidden_size / num_heads / intermediate_size / layer_norm_eps / hidden_act: shapes.
+      dtype: activation dtype (params are cast to it at use).
+    """
+
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    layer_norm_eps: float
+    hidden_act: str = "gelu"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_btd, bias_bnts):
+        """Args: x_btd [B, T, D]; bias_bnts [B or 1, N or 1, T, S] additive attention bias."""
+        d, n = self.hidden_size, self.num_heads
+        h = d // n
+        init = nn.initializers.normal(0.02)
+        zeros = nn.initializers.zeros
+        p = lambda name, shape, i=init: self.param(name, i, shape, jnp.float32).astype(self.dtype)
+        x = x_btd.astype(self.dtype)
+        q_btnh = jnp.einsum("btd,dnh->btnh", x, p("q_dnh", (d, n, h))) + p("q_bias_nh", (n, h), zeros)
+        k_bsnh = jnp.einsum("bsd,dnh->bsnh", x, p("k_dnh", (d, n, h))) + p("k_bias_nh", (n, h), zeros)
+        v_bsnh = jnp.einsum("bsd,dnh->bsnh", x, p("v_dnh", (d, n, h))) + p("v_bias_nh", (n, h), zeros)
+        # Scores and softmax in float32 even for low-precision activations.
+        scores = jnp.einsum("btnh,bsnh->bnts", q_btnh, k_bsnh,
+                            preferred_element_type=jnp.float32) / math.sqrt(h)
+        probs = jax.nn.softmax(scores + bias_bnts, axis=-1).astype(self.dtype)
+        ctx_btnh = jnp.einsum("bnts,bsnh->btnh", probs, v_bsnh)
+        attn_btd = jnp.einsum("btnh,nhd->btd", ctx_btnh, p("o_nhd", (n, h, d))) + p("o_bias_d", (d,), zeros)
+        x = LayerNorm(self.layer_norm_eps, self.dtype, name="attn_ln")(x + attn_btd)
+        f = self.intermediate_size
+        up_btf = jnp.einsum("btd,df->btf", x, p("up_df", (d, f))) + p("up_bias_f", (f,), zeros)
+        up_btf = ACTIVATIONS[self.hidden_act](up_btf)
+        down_btd = jnp.einsum("btf,fd->btd", up_btf, p("down_fd", (f, d))) + p("down_bias_d", (d,), zeros)
+        return LayerNorm(self.layer_norm_eps, self.dtype, name="mlp_ln")(x + down_btd)
+
+
+def key_padding_bias(mask_bs: jax.Array) -> jax.Array:
+    """[B, S] 0/1 mask -> [B, 1, 1, S] additive float32 bias (large negative on padding keys)."""
+    return jnp.where(mask_bs[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min / 2)
+
+
+def mask_positions(mask_bt: jax.Array) -> jax.Array:
+    """[B, T] positions: real tokens numbered 0.. in order, padding keeps its raw index."""
+    raw = jnp.broadcast_to(jnp.arange(mask_bt.shape[1]), mask_bt.shape)
+    return jnp.where(mask_bt > 0, jnp.cumsum(mask_bt, axis=1) - 1, raw)
+
+
+class Model(nn.Module):
+    """BERT encoder. ``apply({"params": p}, ids, mask, output_hidden_states=...)`` -> ModelOutput.
+
+    Attributes:
+      config: Config.
+      dtype: activation dtype (float32 default).
+    """
+
+    config: Config
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, output_hidden_states: bool = False,
+                 return_logits: bool = True, token_type_ids=None) -> ModelOutput:
+        """Runs the encoder.
+
+        Args:
+          input_ids: [B, T] int token ids.
+          attention_mask: [B, T] 1 for real tokens, 0 for padding (either side).
+          output_hidden_states: also return embeddings + every layer's output.
+          return_logits: accepted for the shared contract; encoders have no LM head, so
+            ``logits`` is always None.
+          token_type_ids: optional [B, T] segment ids (zeros by default, as in HF).
+
+        Returns:
+          ModelOutput with last_hidden_state [B, T, D] and optional hidden_states
+          (num_layers + 1 entries).
+        """
+        c = self.config
+        emb = lambda name, n: self.param(name, nn.initializers.normal(0.02), (n, c.hidden_size),
+                                         jnp.float32)
+        word_vd = emb("word_embeddings", c.vocab_size)
+        pos_pd = emb("position_embeddings", c.max_position_embeddings)
+        type_yd = emb("token_type_embeddings", c.type_vocab_size)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        pos_bt = mask_positions(attention_mask)
+        x = word_vd[input_ids] + pos_pd[pos_bt] + type_yd[token_type_ids]
+        x = LayerNorm(c.layer_norm_eps, self.dtype, name="embeddings_ln")(x)
+        bias = key_padding_bias(attention_mask)
+        states = [x]
+        for i in range(c.num_layers):
+            x = EncoderLayer(c.hidden_size, c.num_heads, c.intermediate_size, c.layer_norm_eps,
+                             c.hidden_act, self.dtype, name=f"layer_{i}")(x, bias)
+            states.append(x)
+        return ModelOutput(last_hidden_state=x,
+                           hidden_states=tuple(states) if output_hidden_states else None)
+
+
+# ----------------------------------------------------------------------------- conversion
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One row of a conversion table: HF tensor ``src`` -> params at ``dst`` via ``fn``.
+
+    ``src_shape`` is asserted before ``fn`` runs, ``dst_shape`` after.
+    """
+
+    dst: tuple[str, ...]
+    src: str
+    src_shape: tuple[int, ...]
+    dst_shape: tuple[int, ...]
+    fn: Callable[[np.ndarray], np.ndarray] = lambda a: a
+
+
+def linear_rules(dst_prefix: tuple, src_prefix: str, d_in: int, d_out: int, kind: str,
+                 n: int = 0, h: int = 0, names=("kernel", "bias")) -> list[Rule]:
+    """Rules for a torch ``nn.Linear`` (weight [out, in], bias [out]).
+
+    kind "in_heads": kernel -> [d_in, n, h] (query/key/value); "out_heads": kernel ->
+    [n, h, d_out] (attention output); "plain": kernel -> [d_in, d_out].
+    """
+    kname, bname = names
+    if kind == "in_heads":
+        kshape, bshape = (d_in, n, h), (n, h)
+    elif kind == "out_heads":
+        kshape, bshape = (n, h, d_out), (d_out,)
+    else:
+        kshape, bshape = (d_in, d_out), (d_out,)
+    return [Rule(dst_prefix + (kname,), src_prefix + ".weight", (d_out, d_in), kshape,
+                 lambda w, s=kshape: w.T.reshape(s)),
+            Rule(dst_prefix + (bname,), src_prefix + ".bias", (d_out,), bshape,
+                 lambda b, s=bshape: b.reshape(s))]
+
+
+def ln_rules(dst: tuple, src: str, d: int) -> list[Rule]:
+    return [Rule(dst + ("scale",), src + ".weight", (d,), (d,)),
+            Rule(dst + ("bias",), src + ".bias", (d,), (d,))]
+
+
+def apply_table(tensors: dict, table: Sequence[Rule], prefixes: Sequence[str],
+                ignore: Sequence[str], family: str) -> dict:
+    """Runs a conversion table over an HF state dict.
+
+    Args:
+      tensors: HF name -> np.ndarray.
+      table: conversion rules.
+      prefixes: optional leading prefixes to strip (e.g. "bert." when the checkpoint was
+        saved from a task model rather than the bare encoder).
+      ignore: name prefixes (after stripping) that are dropped knowingly (pooler, heads,
+        saved position-id buffers).
+      family: for error messages.
+
+    Returns:
+      Nested params dict.
+
+    Raises:
+      CheckpointError: a missing tensor, a shape mismatch, or tensors nobody consumes.
+    """
+    stripped: dict[str, np.ndarray] = {}
+    for k, v in tensors.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        stripped[k] = v
+    params: dict = {}
+    used = set()
+    for r in table:
+        if r.src not in stripped:
+            raise CheckpointError(f"{family} checkpoint lacks tensor {r.src!r}")
+        a = np.asarray(stripped[r.src])
+        if tuple(a.shape) != r.src_shape:
+            raise CheckpointError(f"{family} tensor {r.src!r} has shape {tuple(a.shape)}, "
+                                  f"config implies {r.src_shape}")
+        out = r.fn(a)
+        assert tuple(out.shape) == r.dst_shape, (r.src, out.shape, r.dst_shape)
+        node = params
+        for key in r.dst[:-1]:
+            node = node.setdefault(key, {})
+        node[r.dst[-1]] = out
+        used.add(r.src)
+    extra = sorted(k for k in stripped if k not in used and not any(k.startswith(i) for i in ignore))
+    if extra:
+        raise CheckpointError(f"{family} checkpoint has tensors this port does not use: "
+                              f"{extra[:8]}{' ...' if len(extra) > 8 else ''}")
+    return params
+
+
+def layer_rules(i: int, src: str, d: int, n: int, f: int, attn: dict) -> list[Rule]:
+    """Rules for one post-LN encoder layer.
+
+    Args:
+      i: layer index; src: HF prefix of the layer ("encoder.layer.3");
+      d / n / f: hidden size, heads, intermediate size;
+      attn: HF sub-names {"q","k","v","o","attn_ln"} relative to ``src``.
+    """
+    h = d // n
+    dst = (f"layer_{i}",)
+    rules = []
+    for name in ("q", "k", "v"):
+        rules += linear_rules(dst, f"{src}.{attn[name]}", d, d, "in_heads", n, h,
+                              names=(f"{name}_dnh", f"{name}_bias_nh"))
+    rules += linear_rules(dst, f"{src}.{attn['o']}", d, d, "out_heads", n, h,
+                          names=("o_nhd", "o_bias_d"))
+    rules += ln_rules(dst + ("attn_ln",), f"{src}.{attn['attn_ln']}", d)
+    rules += linear_rules(dst, f"{src}.intermediate.dense", d, f, "plain", names=("up_df", "up_bias_f"))
+    rules += linear_rules(dst, f"{src}.output.dense", f, d, "plain", names=("down_fd", "down_bias_d"))
+    rules += ln_rules(dst + ("mlp_ln",), f"{src}.output.LayerNorm", d)
+    return rules
+
+
+def conversion_table(config: Config) -> list[Rule]:
+    """The full HF BertModel -> params table."""
+    c = config
+    d = c.hidden_size
+    table = [
+        Rule(("word_embeddings",), "embeddings.word_embeddings.weight", (c.vocab_size, d), (c.vocab_size, d)),
+        Rule(("position_embeddings",), "embeddings.position_embeddings.weight",
+             (c.max_position_embeddings, d), (c.max_position_embeddings, d)),
+        Rule(("token_type_embeddings",), "embeddings.token_type_embeddings.weight",
+             (c.type_vocab_size, d), (c.type_vocab_size, d)),
+    ] + ln_rules(("embeddings_ln",), "embeddings.LayerNorm", d)
+    names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+             "o": "attention.output.dense", "attn_ln": "attention.output.LayerNorm"}
+    for i in range(c.num_layers):
+        table += layer_rules(i, f"encoder.layer.{i}", d, c.num_heads, c.intermediate_size, names)
+    return table
+
+
+def convert_params(tensors: dict, config: Config) -> dict:
+    """HF BERT state dict (name -> np.ndarray) -> params pytree of float32 numpy arrays."""
+    return apply_table({k: v for k, v in tensors.items()}, conversion_table(config),
+                       prefixes=("bert.",), family="bert",
+                       ignore=("pooler.", "cls.", "embeddings.position_ids", "embeddings.token_type_ids"))
