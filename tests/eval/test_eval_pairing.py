@@ -61,3 +61,26 @@ def test_surface_forms_and_jaccard():
     assert j == pytest.approx(2 / 3, rel=0, abs=1e-12)
     with pytest.raises(ValueError, match="unknown tokenizer scheme"):
         pairing.surface_form("a", "bpe")
+
+
+@pytest.mark.slow
+def test_real_minilm_offsets_and_pairing_against_mpnet():
+    from linalign import assets
+    from linalign.models.tokenizer import Tokenizer
+
+    text = "Unbelievably, the café’s tokenizers disagree."
+    mini = Tokenizer.from_dir(assets.path("all-minilm-l6-v2")).encode_batch([text], max_length=64)
+    # Known WordPiece spans of this text (lower-cased, accents stripped: "café" -> "cafe").
+    expected = [(0, 0), (0, 2), (2, 5), (5, 7), (7, 9), (9, 12), (12, 13), (14, 17), (18, 22),
+                (22, 23), (23, 24), (25, 30), (30, 34), (34, 35), (36, 44), (44, 45), (0, 0)]
+    assert [tuple(o) for o in mini.offsets[0]] == expected
+    # Pair MiniLM (target) with a character-level view: a fake source that cuts per word.
+    words = np.array([[0, 13], [14, 17], [18, 24], [25, 35], [36, 45]])
+    j = pairing.pair_offsets(mini.offsets[0], words, mini.mask[0])
+    np.testing.assert_array_equal(j, [-1, 0, 0, 0, 0, 0, 0, 1, 2, 2, 2, 3, 3, 3, 4, 4, -1])
+    mp = Tokenizer.from_dir(assets.path("all-mpnet-base-v2")).encode_batch([text], max_length=64)
+    # MPNet's WordPiece cuts this text identically: pairing is the identity on real tokens.
+    p = pairing.pair_offsets(mini.offsets[0], mp.offsets[0], mini.mask[0], mp.mask[0])
+    np.testing.assert_array_equal(p, [-1] + list(range(1, 16)) + [-1])
+    rate = pairing.exact_token_match_rate([text], mini.offsets, mini.mask, mp.offsets, mp.mask)
+    assert rate == pytest.approx(1.0, rel=0, abs=1e-12)

@@ -1,0 +1,68 @@
+"""Runs a study and writes results/<study>/ (report.md, results.json, PNGs).
+
+  python -m linalign.experiments --list
+  python -m linalign.experiments --study=demo
+  python -m linalign.experiments --study=classification --models=all-minilm-l6-v2,gemma3-270m \
+      --corpus=my_data.jsonl --n_texts=2000
+"""
+
+import dataclasses
+import sys
+
+from absl import app, flags
+
+from linalign.experiments import common as C
+from linalign.experiments import registry
+
+_D = C.StudyConfig()
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("list", False, "List the studies and exit.")
+flags.DEFINE_string("study", None, "Study to run (see --list).")
+flags.DEFINE_list("models", list(_D.models), "Models: asset names or checkpoint paths.")
+flags.DEFINE_string("corpus", _D.corpus, "Labelled corpus: bbc_news or a .jsonl/.csv path.")
+flags.DEFINE_string("public_corpus", _D.public_corpus, "Public corpus for the public map regime.")
+flags.DEFINE_string("ood_corpus", _D.ood_corpus, "OOD corpus.")
+flags.DEFINE_string("ood_holdout", _D.ood_holdout, "Class held out of head training as OOD.")
+flags.DEFINE_integer("n_texts", None, "Texts sampled from --corpus (study default if unset).")
+flags.DEFINE_integer("n_public", None, "Texts sampled from --public_corpus.")
+flags.DEFINE_integer("n_in_dist", None, "Task texts added to the public set.")
+flags.DEFINE_integer("max_length", None, "Tokens per text.")
+flags.DEFINE_integer("clip_chars", None, "Cut texts to this many characters (0 = no cut).")
+flags.DEFINE_bool("title_only", None, "Use only each text's first line.")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Extraction batch size.")
+flags.DEFINE_string("lam", _D.lam, "Ridge for pooled maps: a number or 'gcv'.")
+flags.DEFINE_integer("seed", _D.seed, "Sampling seed.")
+flags.DEFINE_string("out", _D.out_root, "Output root; the report goes to OUT/<study>/.")
+flags.DEFINE_string("cache_dir", None, "linalign cache root (default $LINALIGN_CACHE or ~/.cache/linalign).")
+flags.DEFINE_integer("n_gen_fit", None, "Generation: texts whose per-token states fit the map.")
+flags.DEFINE_integer("n_gen", None, "Generation: prompts generated from.")
+flags.DEFINE_integer("max_new_tokens", None, "Generation: tokens generated per prompt.")
+
+
+def config_from_flags(study: str) -> C.StudyConfig:
+    cfg = dataclasses.replace(C.StudyConfig(), **registry.get(study).defaults)
+    over = dict(models=tuple(FLAGS.models), corpus=FLAGS.corpus, public_corpus=FLAGS.public_corpus,
+                ood_corpus=FLAGS.ood_corpus, ood_holdout=FLAGS.ood_holdout,
+                batch_size=FLAGS.batch_size, lam=FLAGS.lam, seed=FLAGS.seed, out_root=FLAGS.out,
+                cache_dir=FLAGS.cache_dir)
+    for k in ("n_texts", "n_public", "n_in_dist", "max_length", "clip_chars", "title_only",
+              "n_gen_fit", "n_gen", "max_new_tokens"):
+        if getattr(FLAGS, k) is not None:
+            over[k] = getattr(FLAGS, k)
+    return dataclasses.replace(cfg, **over)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.list or not FLAGS.study:
+        for s in registry.STUDIES.values():
+            print(f"{s.name:16s}{s.description}")
+        return
+    out = registry.run(FLAGS.study, config_from_flags(FLAGS.study),
+                       command="python -m linalign.experiments " + " ".join(sys.argv[1:]))
+    print(f"wrote {out}/report.md")
+
+
+if __name__ == "__main__":
+    app.run(main)
