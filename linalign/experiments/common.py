@@ -42,7 +42,9 @@ class StudyConfig:
       seed: sampling seed.
       out_root: reports go to out_root/<study>.
       cache_dir: cache root override (default: linalign's cache).
-      n_gen_fit / n_gen / max_new_tokens / gen_lam: generation study settings.
+      n_gen_fit / n_gen / max_new_tokens / gen_lam / gen_corpora: generation study settings
+        (texts whose per-token states fit the map are drawn evenly from gen_corpora).
+      encoder: the embedding model that compares generated texts.
     """
 
     models: Sequence[str] = DEFAULT_MODELS
@@ -68,6 +70,7 @@ class StudyConfig:
     n_gen: int = 8
     max_new_tokens: int = 48
     gen_lam: float = 1e-4
+    gen_corpora: Sequence[str] = ("bbc_sentences", "fortunes")
     encoder: str = "all-minilm-l6-v2"
 
 
@@ -190,7 +193,7 @@ def fit_map(z_b_nd, z_a_nd, lam="gcv"):
     Returns:
       (AffineMap, lam used).
     """
-    from linalign.align import solve as solve_mod
+    from linalign.align.solve import default_lambda_grid, select_lambda_gcv, solve
     from linalign.align.affine_map import AffineMap
     from linalign.align.stats import from_arrays
 
@@ -204,9 +207,9 @@ def fit_map(z_b_nd, z_a_nd, lam="gcv"):
         if lam != "gcv":
             lam = float(lam)
         else:
-            grid = solve_mod.default_lambda_grid(stats, num=13, lo=1e-6, hi=1e2)
-            lam, _ = solve_mod.select_lambda_gcv(stats, grid)
-    w, b = solve_mod.solve(stats, float(lam))
+            grid = default_lambda_grid(stats, num=13, lo=1e-6, hi=1e2)
+            lam, _ = select_lambda_gcv(stats, grid)
+    w, b = solve(stats, float(lam))
     return AffineMap(w, b), float(lam)
 
 

@@ -98,15 +98,18 @@ def run_generation(cfg: C.StudyConfig, name: str = "generation") -> Report:
     causal = [m for m in cfg.models if C.load_model(m).is_causal]
     if len(causal) < 2:
         raise ValueError(f"cross-model generation needs two causal models; got {causal} among {list(cfg.models)}")
-    n_half = cfg.n_gen_fit // 2
-    fit_texts, _, n1 = C.load_texts("bbc_sentences", n_half, cfg, seed_offset=7)
-    try:
-        more, _, n2 = C.load_texts("fortunes", cfg.n_gen_fit - len(fit_texts), cfg, seed_offset=8)
-    except Exception as e:  # noqa: BLE001 - fortunes is optional (Debian)
-        logging.warning("fortunes unavailable (%s); fitting on BBC sentences only", e)
-        more, _, n2 = C.load_texts("bbc_sentences", cfg.n_gen_fit, cfg, seed_offset=9)
-        more = [t for t in more if t not in set(fit_texts)][: cfg.n_gen_fit - len(fit_texts)]
-    fit_texts = fit_texts + more
+    fit_texts, used = [], []
+    per = -(-cfg.n_gen_fit // len(cfg.gen_corpora))
+    for k, spec in enumerate(cfg.gen_corpora):
+        try:
+            t, _, nm = C.load_texts(spec, per, cfg, seed_offset=7 + k)
+        except Exception as e:  # noqa: BLE001 - optional (Debian) corpora may be missing
+            logging.warning("generation fit corpus %s unavailable (%s); skipping it", spec, e)
+            continue
+        fit_texts += t
+        used.append(f"{len(t)} from {nm}")
+    if not fit_texts:
+        raise ValueError(f"none of the generation fit corpora {list(cfg.gen_corpora)} could be loaded")
     prompts = list(PROMPTS[: cfg.n_gen])
     rows = {m: C.embed(m, fit_texts, cfg, per_token=True) for m in causal}
     encoder = C.load_model(cfg.encoder)
@@ -115,7 +118,7 @@ def run_generation(cfg: C.StudyConfig, name: str = "generation") -> Report:
         native[m] = [_greedy(C.load_model(m), p, cfg.max_new_tokens) for p in prompts]
         logging.info("native %s: %r", C.short(m), native[m][0].text)
     rep = Report(name, cfg.out_root, "Cross-model generation through a per-token affine map")
-    rep.text(f"Map fit on per-token final hidden states of {len(fit_texts)} texts ({n1} + {n2}; "
+    rep.text(f"Map fit on per-token final hidden states of {len(fit_texts)} texts ({', '.join(used)}; "
              f"max_length {cfg.max_length}), tokens paired by character offsets (target token i "
              f"-> first source token whose span ends at or after i's end). Ridge lambda = "
              f"{cfg.gen_lam} (the paper's). Greedy decoding, {cfg.max_new_tokens} new tokens, "
