@@ -4,7 +4,7 @@
     python -m linalign.assets --fetch=smollm2-135m-instruct,bbc-news [--cache_dir=DIR]
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from linalign import assets
 
@@ -17,6 +17,10 @@ _CACHE_DIR = flags.DEFINE_string("cache_dir", None,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Fetching takes seconds to minutes: show the per-step progress lines unless asked otherwise.
+    if logging.get_verbosity() < logging.INFO:
+        logging.set_verbosity(logging.INFO)
+    logging.set_stderrthreshold(logging.INFO)
     if not _LIST.value and not _FETCH.value:
         raise app.UsageError("give --list and/or --fetch=NAME[,NAME]")
     if _FETCH.value:

