@@ -64,6 +64,7 @@ class Config:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
+    o_proj_bias: bool = False  # Llama/Qwen3 follow attention_bias; Qwen2 never has one
     qk_norm: bool = False
     sliding_windows: tuple = ()  # per layer: window length or None
     bos_token_id: Any = None
@@ -123,6 +124,7 @@ class Config:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=bool(hf.get("attention_bias", mt == "qwen2")),
             mlp_bias=bool(hf.get("mlp_bias", False)), qk_norm=(mt == "qwen3"),
+            o_proj_bias=bool(hf.get("attention_bias", False)) and mt != "qwen2",
             sliding_windows=windows, bos_token_id=hf.get("bos_token_id"),
             eos_token_id=hf.get("eos_token_id"))
 
@@ -274,7 +276,7 @@ class Attention(nn.Module):
         else:
             new_cache = None
         o_btnh = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask_bts, 1.0 / math.sqrt(c.head_dim))
-        out = _dense(c.hidden_size, axis=(-2, -1), bias=False, dtype=self.dtype, name="o_proj")(o_btnh)
+        out = _dense(c.hidden_size, axis=(-2, -1), bias=c.o_proj_bias, dtype=self.dtype, name="o_proj")(o_btnh)
         return out, new_cache
 
 
@@ -452,6 +454,8 @@ def conversion_table(config: Config) -> list:
             for nm, heads in (("q_proj", n), ("k_proj", k), ("v_proj", k)):
                 rows.append((p + f"self_attn.{nm}.bias", (heads * h,), (L, "self_attn", nm, "bias"),
                              lambda w, c_, heads=heads: w.reshape(heads, h)))
+        if c.o_proj_bias:
+            rows.append((p + "self_attn.o_proj.bias", (d,), (L, "self_attn", "o_proj", "bias"), _ident))
         if c.mlp_bias:
             for nm, size in (("gate_proj", f), ("up_proj", f), ("down_proj", d)):
                 rows.append((p + f"mlp.{nm}.bias", (size,), (L, "mlp", nm, "bias"), _ident))

@@ -151,3 +151,27 @@ def test_unknown_architecture_is_refused(tmp_path):
     w.close()
     with pytest.raises(UnsupportedConfigError, match="rwkv6"):
         gguf_ckpt.read_gguf(tmp_path / "x.gguf", with_tokenizer=False)
+
+
+def test_gemma3_gguf_norm_offset_and_config(tmp_path):
+    from linalign.models import gemma3
+
+    torch.manual_seed(0)
+    hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=6, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+        max_position_embeddings=128)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.3)
+    cfg, tensors = save_tiny(hf, tmp_path / "hf")
+    write_gguf(tmp_path / "g.gguf", "gemma3", cfg, tensors)
+    g_cfg, g_tensors, _ = gguf_ckpt.read_gguf(tmp_path / "g.gguf", with_tokenizer=False)
+    c_st, c_gg = gemma3.Config.from_hf_config(cfg), gemma3.Config.from_hf_config(g_cfg)
+    assert c_gg.sliding_windows == c_st.sliding_windows == (8, 8, 8, 8, 8, None)
+    assert (c_gg.rope_global, c_gg.rope_local) == (c_st.rope_global, c_st.rope_local)
+    assert c_gg.query_pre_attn_scalar == c_st.query_pre_attn_scalar
+    for name, ref in tensors.items():
+        # Norms went through +1 on write and -1 on read in float32: equal to rounding.
+        np.testing.assert_allclose(g_tensors[name], ref, rtol=0, atol=1e-7, err_msg=name)

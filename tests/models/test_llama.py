@@ -30,6 +30,8 @@ CASES = {
     "llama_linear_rope": ("LlamaConfig", "LlamaForCausalLM",
                           dict(num_attention_heads=4, num_key_value_heads=2,
                                rope_scaling=dict(rope_type="linear", factor=2.0))),
+    "llama_attn_mlp_bias": ("LlamaConfig", "LlamaForCausalLM",
+                            dict(num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True)),
     "qwen2_bias": ("Qwen2Config", "Qwen2ForCausalLM",
                    dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
     "qwen3_qknorm": ("Qwen3Config", "Qwen3ForCausalLM",
