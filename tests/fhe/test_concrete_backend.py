@@ -22,7 +22,7 @@ def head_and_data():
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
-    centers_kd = rng.normal(size=(K, D)) * 1.2
+    centers_kd = rng.normal(size=(K, D)) * 0.4  # overlapping classes: the search must work
     y = rng.integers(0, K, size=600)
     x = (centers_kd[y] + rng.normal(size=(600, D))).astype(np.float32)
     lr = LogisticRegression(max_iter=2000).fit(x[:400], y[:400])
@@ -41,8 +41,9 @@ def provider(head_and_data):
 def test_bit_search_keeps_accuracy_within_one_point(head_and_data, provider):
     v_dk, c_k, x, y = head_and_data
     _, search = provider
-    assert search.clear_accuracy > 0.9  # the synthetic task is learnable
+    assert search.clear_accuracy > 0.8  # learnable, and not trivially so
     chosen = search.quantized_accuracy[search.n_bits]
+    assert len(search.quantized_accuracy) > 1  # narrower widths were tried and rejected
     assert chosen >= search.clear_accuracy - 0.01
     # Smaller widths tried first and rejected (or the smallest candidate already passed).
     for bits, acc in search.quantized_accuracy.items():
