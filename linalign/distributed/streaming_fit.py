@@ -340,17 +340,57 @@ def _atomic_npz(path: str, arrays: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(out_dir: str, stats_np: dict, lam: float, plan: FitPlan, solved: Optional[dict]) -> None:
-    """Writes stats.npz, map.npz and fit.json (process 0 only; atomic renames)."""
+def write_outputs(out_dir: str, stats_np: dict, lam: float, plan: FitPlan,
+                  w_ba: np.ndarray, b_a: np.ndarray) -> None:
+    """Writes stats.npz, map.npz (W, b, lam) and fit.json; process 0 only, atomic renames."""
     if jax.process_index() != 0:
         return
     os.makedirs(out_dir, exist_ok=True)
     _atomic_npz(os.path.join(out_dir, "stats.npz"), stats_np)
-    if solved is not None:
-        _atomic_npz(os.path.join(out_dir, "map.npz"), {**solved, "lam": np.float32(lam)})
+    _atomic_npz(os.path.join(out_dir, "map.npz"), {"W": w_ba, "b": b_a, "lam": np.float64(lam)})
     tmp = os.path.join(out_dir, f".fit.json.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump({"plan": plan.to_json(), "lam": lam, "n": int(stats_np["n"]),
                    "process_count": jax.process_count(), "device_count": jax.device_count()},
                   f, indent=1)
     os.replace(tmp, os.path.join(out_dir, "fit.json"))
+
+
+def finish(fit: StreamingFit, stats: stats_lib.SufficientStats, out_dir: str, lam: float) -> dict:
+    """Gathers the statistics to every host, solves (process 0) and writes the outputs.
+
+    The solve runs on one device from host copies, through ``linalign.align.solve.solve`` (its
+    singularity checks included); ``memory.solve_sharded`` is the model-axis-split variant for
+    widths whose factorisation does not fit next to the statistics on one device.
+
+    Returns:
+      the host statistics (same on every process).
+    """
+    from linalign.align.solve import solve as ridge_solve
+
+    stats_np = stats_to_host(stats)
+    if jax.process_index() == 0:
+        local = stats_lib.from_moments(*(stats_np[k] for k in ("n", "mean_b", "mean_a", "c_bb",
+                                                                "c_ba", "ss_a")))
+        w_ba, b_a = ridge_solve(local, lam)
+        write_outputs(out_dir, stats_np, lam, fit.plan, np.asarray(w_ba), np.asarray(b_a))
+        logging.info("fit of %d rows written to %s", int(stats_np["n"]), out_dir)
+    multihost_utils.sync_global_devices("linalign_fit_outputs")
+    return stats_np
+
+
+def load_map(out_dir: str):
+    """The AffineMap a ``fit`` run wrote to ``out_dir`` (map.npz + fit.json)."""
+    from linalign.align.affine_map import AffineMap, MapMetadata
+
+    path = os.path.join(out_dir, "map.npz")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{out_dir} holds no map.npz; did the fit finish?")
+    with np.load(path) as z:
+        w_ba, b_a, lam = z["W"], z["b"], float(z["lam"])
+    with open(os.path.join(out_dir, "fit.json")) as f:
+        info = json.load(f)
+    digest = hashlib.sha256(json.dumps([info["plan"]["source"], info["plan"]["target"]],
+                                       sort_keys=True).encode()).hexdigest()
+    return AffineMap(w_ba, b_a, MapMetadata(d_b=int(w_ba.shape[0]), d_a=int(w_ba.shape[1]), lam=lam,
+                                            n=int(info["n"]), data_fingerprint=digest))
