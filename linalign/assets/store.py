@@ -71,6 +71,9 @@ def read_marker(spec: AssetSpec, root: pathlib.Path) -> dict | None:
     # A registry change (new version or hash) makes an old cache entry stale.
     if record.get("source") != spec.source or record.get("pins") != _pins(spec):
         return None
+    # The payload itself deleted by hand while the marker stayed: fetch again rather than fail later.
+    if not payload_path(spec, root).exists():
+        return None
     return record
 
 

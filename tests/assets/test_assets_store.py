@@ -268,3 +268,24 @@ def test_cli_list_and_fetch(toy):
     bad = subprocess.run([sys.executable, "-m", "linalign.assets", "--fetch=nope"], cwd=REPO,
                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown asset 'nope'" in bad.stderr
+
+
+def test_payload_deleted_by_hand_is_fetched_again(toy):
+    p = assets.path("toy-concat")
+    p.unlink()
+    assert not assets.is_cached("toy-concat")
+    assert assets.path("toy-concat").read_bytes() == b"".join(assets_toywheel.PARTS)
+
+
+def test_registry_change_invalidates_the_cache_entry(toy, monkeypatch):
+    p = assets.path("toy-dir")
+    old = toy["specs"]["toy-dir"]
+    new_wheel = assets_toywheel.build_wheel(toy["house"] / "v2", "toy-dir-pkg", "2.0.0",
+                                            {"toy_dir_pkg/data/a.txt": b"alpha v2\n",
+                                             "toy_dir_pkg/data/sub/b.txt": b"beta v2\n"})
+    monkeypatch.setitem(assets.ASSETS, "toy-dir", old.__class__(**{**old.__dict__, "wheels": (new_wheel,)}))
+    monkeypatch.setenv("LINALIGN_WHEELHOUSE", str(toy["house"] / "v2"))
+    assert not assets.is_cached("toy-dir")
+    assert (assets.path("toy-dir") / "a.txt").read_bytes() == b"alpha v2\n"
+    assert assets.path("toy-dir") == p  # same place, replaced atomically
+    assert not any((toy["cache"] / "tmp").iterdir())
