@@ -154,8 +154,9 @@ def _line_records(path: str, fmt: str, text_field: str, pos: StreamPosition):
             raise StreamError(f"resume position byte {pos.byte_offset} is past the end of {path} "
                               f"({size} bytes); the file changed since the position was saved")
         f.seek(pos.byte_offset)
-        if pos.byte_offset:
-            # A valid resume point is the start of a line: the byte before it is a newline.
+        if 0 < pos.byte_offset < size:
+            # A valid resume point is the start of a line (the byte before it is a newline) or
+            # the end of the file (a last line without a newline).
             f.seek(pos.byte_offset - 1)
             if f.read(1) != b"\n":
                 raise StreamError(f"resume position byte {pos.byte_offset} of {path} is not at the "

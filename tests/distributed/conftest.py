@@ -1,0 +1,66 @@
+"""Fixtures for the scale-out tests: paired synthetic embeddings on disk and a CLI runner."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def make_pair(n: int, d_b: int, d_a: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Correlated [n, d_b] / [n, d_a] float32 rows with means far from zero (tests centring)."""
+    rng = np.random.default_rng(seed)
+    z_b = rng.normal(size=(n, d_b)) * rng.uniform(0.5, 2.0, size=d_b) + 3.0
+    z_a = z_b @ rng.normal(size=(d_b, d_a)) / np.sqrt(d_b) + 0.1 * rng.normal(size=(n, d_a)) - 2.0
+    return z_b.astype(np.float32), z_a.astype(np.float32)
+
+
+def reference_stats(z_b: np.ndarray, z_a: np.ndarray) -> dict:
+    """Float64 centred moments of whole arrays."""
+    x = z_b.astype(np.float64)
+    y = z_a.astype(np.float64)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    return {"n": len(x), "mean_b": x.mean(0), "mean_a": y.mean(0), "c_bb": xc.T @ xc,
+            "c_ba": xc.T @ yc, "ss_a": (yc * yc).sum(0)}
+
+
+@pytest.fixture
+def pair_files(tmp_path):
+    """(source .npy path, target .npy path, z_b, z_a) with 600 rows, d_b=16, d_a=8."""
+    z_b, z_a = make_pair(600, 16, 8)
+    pb, pa = tmp_path / "zb.npy", tmp_path / "za.npy"
+    np.save(pb, z_b)
+    np.save(pa, z_a)
+    return str(pb), str(pa), z_b, z_a
+
+
+def cli_env(devices: int = 8) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    for k in ("LINALIGN_COORDINATOR", "LINALIGN_NUM_PROCESSES", "LINALIGN_PROCESS_ID", "LINALIGN_CLUSTER"):
+        env.pop(k, None)
+    return env
+
+
+def fit_cmd(src: str, tgt: str, out_dir, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "linalign.distributed", "fit", f"--source_store={src}",
+            f"--target_store={tgt}", f"--out_dir={out_dir}", *extra]
+
+
+def run_cli(cmd, devices: int = 8, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=cli_env(devices), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed with {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def load_npz(path) -> dict:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
