@@ -72,7 +72,7 @@ def hidden_states(model, texts: Sequence[str], *, pooling: Optional[str] = None,
     Returns:
       [n, dim] float32 array, or a ``linalign.extract.store.TokenRows`` when per_token.
     """
-    from linalign.extract import extract
+    from linalign.extract import pipeline
     from linalign.extract.store import StoreError, open_store, text_fingerprint
 
     texts = list(texts)
@@ -99,11 +99,12 @@ def hidden_states(model, texts: Sequence[str], *, pooling: Optional[str] = None,
     if store is None:
         logging.info("extracting %d texts with %s (%s, max_length=%s) into %s", len(texts),
                      model.name, "per-token" if per_token else pooling, max_length, path)
+        # Texts longer than max_length are cut on purpose (studies document it).
         kw = dict(pooling=pooling, per_token=per_token, max_length=max_length,
-                  batch_size=batch_size, out_dir=path)
+                  batch_size=batch_size, out_dir=path, truncation="silent")
         if layer is not None:
             kw["layer"] = layer
-        extract(model, texts, **kw)
+        pipeline.extract(model, texts, **kw)
         store = open_store(path)
     if store.num_rows != len(texts):
         raise ValueError(f"cache entry {path} has {store.num_rows} rows for {len(texts)} texts")

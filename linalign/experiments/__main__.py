@@ -30,6 +30,8 @@ flags.DEFINE_integer("max_length", None, "Tokens per text.")
 flags.DEFINE_integer("clip_chars", None, "Cut texts to this many characters (0 = no cut).")
 flags.DEFINE_bool("title_only", None, "Use only each text's first line.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Extraction batch size.")
+flags.DEFINE_enum("pooling", _D.pooling, ["mean", "last", "first", "default"],
+                  "Pooling of final hidden states (default = each checkpoint's own).")
 flags.DEFINE_string("lam", _D.lam, "Ridge for pooled maps: a number or 'gcv'.")
 flags.DEFINE_integer("seed", _D.seed, "Sampling seed.")
 flags.DEFINE_string("out", _D.out_root, "Output root; the report goes to OUT/<study>/.")
@@ -43,7 +45,7 @@ def config_from_flags(study: str) -> C.StudyConfig:
     cfg = dataclasses.replace(C.StudyConfig(), **registry.get(study).defaults)
     over = dict(models=tuple(FLAGS.models), corpus=FLAGS.corpus, public_corpus=FLAGS.public_corpus,
                 ood_corpus=FLAGS.ood_corpus, ood_holdout=FLAGS.ood_holdout,
-                batch_size=FLAGS.batch_size, lam=FLAGS.lam, seed=FLAGS.seed, out_root=FLAGS.out,
+                batch_size=FLAGS.batch_size, pooling=FLAGS.pooling, lam=FLAGS.lam, seed=FLAGS.seed, out_root=FLAGS.out,
                 cache_dir=FLAGS.cache_dir)
     for k in ("n_texts", "n_public", "n_in_dist", "max_length", "clip_chars", "title_only",
               "n_gen_fit", "n_gen", "max_new_tokens"):

@@ -59,7 +59,7 @@ def _setup_text(cfg, d: TaskData) -> str:
             f"stratified), classes {d.label_names}. Public corpus `{d.public_name}`: {len(d.public)} "
             f"texts{d.public_note}. Texts cut to {cfg.clip_chars or 'no'} characters"
             f"{' (titles only)' if cfg.title_only else ''}, max_length {cfg.max_length} tokens, "
-            f"each model's default pooling. Map ridge: {cfg.lam}. Seed {cfg.seed}.\n")
+            f"{cfg.pooling} pooling. Map ridge: {cfg.lam}. Seed {cfg.seed}.\n")
 
 
 def run_classification(cfg: C.StudyConfig, name: str = "classification", data: TaskData = None,

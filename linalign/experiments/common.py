@@ -36,6 +36,9 @@ class StudyConfig:
         CPU cost predictable; 0 = no cut).
       title_only: use only the first line of each text (BBC titles).
       batch_size: extraction batch size.
+      pooling: pooled embeddings: "mean" over real tokens (the paper's choice for open
+        models, used for every model so they are compared alike), "last", "first", or
+        "default" (each checkpoint's own pooling).
       lam: ridge strength for pooled maps: a number (absolute, on the scale of C_bb) or
         "gcv" (generalised cross-validation over a relative grid).
       knn_k: neighbours for mutual k-NN.
@@ -60,6 +63,7 @@ class StudyConfig:
     clip_chars: int = 600
     title_only: bool = False
     batch_size: int = 16
+    pooling: str = "mean"
     lam: str = "gcv"
     knn_k: int = 10
     seed: int = 0
@@ -172,12 +176,13 @@ def split(n: int, labels, test_fraction: float, seed: int):
 
 
 def embed(name: str, texts: Sequence[str], cfg: StudyConfig, per_token: bool = False) -> np.ndarray:
-    """Pooled (default pooling) or per-token final hidden states, through the cache."""
+    """Pooled (cfg.pooling) or per-token final hidden states, through the cache."""
     from linalign.eval.cache import hidden_states
 
     model = load_model(name)
     t0 = time.time()
-    out = hidden_states(model, texts, max_length=cfg.max_length, per_token=per_token,
+    pooling = None if (per_token or cfg.pooling == "default") else cfg.pooling
+    out = hidden_states(model, texts, pooling=pooling, max_length=cfg.max_length, per_token=per_token,
                         batch_size=cfg.batch_size, cache_dir=cfg.cache_dir)
     logging.info("%s: %d texts embedded/loaded in %.1f s", short(name), len(texts), time.time() - t0)
     return out

@@ -68,7 +68,7 @@ def run_similarity(cfg: C.StudyConfig, name: str = "similarity", report: Report 
     labels = [C.short(m) for m in cfg.models]
     rep.text(f"{len(texts)} texts of `{corpus_name}` (cut to {cfg.clip_chars or 'no'} characters"
              f"{', titles only' if cfg.title_only else ''}; max_length {cfg.max_length}), each model's "
-             f"pooled final hidden state (default pooling). Linear CKA on mean-centred embeddings, "
+             f"pooled final hidden state ({cfg.pooling} pooling). Linear CKA on mean-centred embeddings, "
              f"debiased CKA (unbiased HSIC), mutual k-NN with k={cfg.knn_k}. Shuffled = the second "
              "model's rows permuted (no text correspondence).\n")
     rows = []

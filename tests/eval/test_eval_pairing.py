@@ -84,3 +84,26 @@ def test_real_minilm_offsets_and_pairing_against_mpnet():
     np.testing.assert_array_equal(p, [-1] + list(range(1, 16)) + [-1])
     rate = pairing.exact_token_match_rate([text], mini.offsets, mini.mask, mp.offsets, mp.mask)
     assert rate == pytest.approx(1.0, rel=0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_real_minilm_vs_smollm2_pairing():
+    from linalign import assets, checkpoints
+    from linalign.models.tokenizer import Tokenizer
+
+    text = "Unbelievably, the café’s tokenizers disagree."
+    mini = Tokenizer.from_dir(assets.path("all-minilm-l6-v2")).encode_batch([text], max_length=64)
+    smol = checkpoints.load("smollm2-135m-instruct").tokenizer.encode_batch([text], max_length=64)
+    # Known byte-level BPE spans: Un|belie|v|ably|,|Ġthe|Ġcafé|’|s|Ġtoken|izers|Ġdisagree|.
+    assert [tuple(o) for o in smol.offsets[0]] == [
+        (0, 2), (2, 7), (7, 8), (8, 12), (12, 13), (13, 17), (17, 22), (22, 23), (23, 24),
+        (24, 30), (30, 35), (35, 44), (44, 45)]
+    p = pairing.pair_offsets(mini.offsets[0], smol.offsets[0], mini.mask[0], smol.mask[0])
+    np.testing.assert_array_equal(p, [-1, 0, 1, 1, 3, 3, 4, 5, 6, 7, 8, 9, 10, 10, 11, 12, -1])
+    # MiniLM's 15 real tokens; 9 share a (whitespace-trimmed) span with a SmolLM2 token:
+    # un , the cafe ’ s token disagree .
+    rate = pairing.exact_token_match_rate([text], mini.offsets, mini.mask, smol.offsets, smol.mask)
+    assert rate == pytest.approx(9 / 15, rel=0, abs=1e-12)
+    # Reverse direction counts SmolLM2's 13 tokens: Un , the café ’ s token disagree . -> 9/13.
+    rate = pairing.exact_token_match_rate([text], smol.offsets, smol.mask, mini.offsets, mini.mask)
+    assert rate == pytest.approx(9 / 13, rel=0, abs=1e-12)

@@ -10,8 +10,14 @@ from linalign.experiments import common as C
 from linalign.experiments import registry
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    # One hidden-state cache for all study tests: they embed the same texts with the same models.
+    return str(tmp_path_factory.mktemp("hidden_cache"))
+
+
 @pytest.fixture()
-def cfg(tiny_models, tiny_corpora, tmp_path):
+def cfg(tiny_models, tiny_corpora, tmp_path, shared_cache):
     C._MODELS.clear()
     from linalign.eval import cache
     cache.clear_memo()
@@ -19,7 +25,7 @@ def cfg(tiny_models, tiny_corpora, tmp_path):
                          corpus=tiny_corpora["task"], public_corpus=tiny_corpora["public"],
                          ood_corpus=tiny_corpora["public"], ood_holdout="arts", n_texts=120,
                          n_public=80, n_in_dist=16, max_length=24, batch_size=16, lam="gcv",
-                         knn_k=5, out_root=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"),
+                         knn_k=5, out_root=str(tmp_path / "results"), cache_dir=shared_cache,
                          scaling_sizes=(20, 40), n_gen_fit=40, n_gen=2, max_new_tokens=6,
                          gen_corpora=(tiny_corpora["public"],), encoder=tiny_models["bert"])
 
@@ -57,7 +63,7 @@ def test_classification_study_and_cache_reuse(cfg, monkeypatch):
             assert 0.0 <= p[reg]["accuracy"] <= 1.0
     # Second run: every hidden state comes from the cache, none is extracted.
     from linalign.eval import cache
-    import linalign.extract as ex
+    import linalign.extract.pipeline as ex
     cache.clear_memo()
     C._MODELS.clear()
     def boom(*a, **k):
