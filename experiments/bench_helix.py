@@ -1,0 +1,147 @@
+"""HELIX encrypted-inference and encrypted-fitting costs, packed SEAL vs the TenSEAL baseline.
+
+  python experiments/bench_helix.py --mode=infer --shapes=576x5,768x16,1024x16 --reps=5
+  python experiments/bench_helix.py --mode=fit --n=4096 --d_b=384 --d_a=768
+
+Writes JSON + Markdown (and a PNG for infer) under --out. Inference: provider evaluation time
+(median over reps), per-query and setup bytes, max error against plaintext scores, and the
+baseline/packed speed ratio. Fitting: wall time of each phase and bytes each way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from linalign.fhe import base
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("mode", "infer", ["infer", "fit"], "What to measure.")
+flags.DEFINE_list("shapes", ["576x5", "768x16"], "d x K shapes for inference.")
+flags.DEFINE_list("backends", ["tenseal-dot", "seal"], "Backends for inference.")
+flags.DEFINE_integer("reps", 5, "Timed repetitions per backend and shape.")
+flags.DEFINE_string("params", "n8192", "CKKS preset.")
+flags.DEFINE_integer("n", 4096, "Fitting: public-set rows.")
+flags.DEFINE_integer("d_b", 384, "Fitting: client dimension.")
+flags.DEFINE_integer("d_a", 768, "Fitting: provider dimension.")
+flags.DEFINE_string("out", "results/helix", "Output directory.")
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def bench_infer(out: pathlib.Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for shape in FLAGS.shapes:
+        d, k = (int(v) for v in shape.split("x"))
+        x = rng.standard_normal(d) / np.sqrt(d)
+        v, c = rng.standard_normal((d, k)) / np.sqrt(d), rng.standard_normal(k)
+        for name in FLAGS.backends:
+            client = base.make_client(name, d, k, FLAGS.params)
+            provider = base.make_provider(client.public_context())
+            head = provider.prepare(v, c)
+            q = client.encrypt(x)
+            times = []
+            for _ in range(FLAGS.reps):
+                t0 = time.perf_counter()
+                r = provider.apply(q, head)
+                times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for _ in range(FLAGS.reps):
+                client.decrypt(provider.apply(client.encrypt(x), head))
+            e2e = (time.perf_counter() - t0) / FLAGS.reps
+            sizes = client.wire_sizes(provider, head)
+            err = float(np.abs(client.decrypt(r) - (x @ v + c)).max())
+            rows.append({"d": d, "k": k, "backend": name, "eval_ms": 1e3 * float(np.median(times)),
+                         "roundtrip_ms": 1e3 * e2e, "max_abs_err": err, **sizes.to_dict()})
+            logging.info("%s", rows[-1])
+    for row in rows:
+        ref = [r for r in rows if r["d"] == row["d"] and r["k"] == row["k"] and r["backend"] == "tenseal-dot"]
+        row["speedup_vs_dot"] = ref[0]["eval_ms"] / row["eval_ms"] if ref else None
+    _write(out / "infer.json", json.dumps(rows, indent=1))
+    lines = ["| d | K | backend | eval ms | round trip ms | per-query KB | setup MB | max err | x vs dot |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sp = f"{r['speedup_vs_dot']:.1f}" if r["speedup_vs_dot"] else "-"
+        lines.append(f"| {r['d']} | {r['k']} | {r['backend']} | {r['eval_ms']:.1f} | {r['roundtrip_ms']:.1f} | "
+                     f"{r['per_query_bytes'] / 1e3:.0f} | {r['setup_bytes'] / 1e6:.1f} | {r['max_abs_err']:.1e} | {sp} |")
+    _write(out / "infer.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = sorted({f"{r['d']}x{r['k']}" for r in rows}, key=lambda s: [int(t) for t in s.split("x")])
+    width = 0.8 / max(1, len(FLAGS.backends))
+    for i, name in enumerate(FLAGS.backends):
+        vals = [next(r["eval_ms"] for r in rows if f"{r['d']}x{r['k']}" == lab and r["backend"] == name) for lab in labels]
+        ax.bar(np.arange(len(labels)) + i * width, vals, width, label=name)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(FLAGS.backends) - 1) / 2, labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("provider evaluation (ms)")
+    ax.set_xlabel("d x K")
+    ax.legend()
+    fig.tight_layout()
+    tmp = out / "infer.tmp.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, out / "infer.png")
+
+
+def bench_fit(out: pathlib.Path) -> None:
+    from linalign.fhe import fitting
+
+    rng = np.random.default_rng(0)
+    n, d_b, d_a = FLAGS.n, FLAGS.d_b, FLAGS.d_a
+    z_b = rng.standard_normal((n, d_b)) / np.sqrt(d_b)
+    z_a = z_b @ rng.standard_normal((d_b, d_a)) / np.sqrt(d_b) + 0.1 * rng.standard_normal((n, d_a)) / np.sqrt(d_a)
+    t0 = time.perf_counter()
+    client = fitting.FitClient(z_b, d_a, FLAGS.params)
+    t_keys = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    provider = fitting.FitProvider(client.public_context(), z_a)
+    t_prep = time.perf_counter() - t0
+    t_enc = t_eval = t_dec = 0.0
+    rows, up, down = [], 0, 0
+    for j in range(client.num_columns):
+        t0 = time.perf_counter()
+        msg = client.encrypt_column(j)
+        t1 = time.perf_counter()
+        rep = provider.cross(msg)
+        t2 = time.perf_counter()
+        rows.append(client.decrypt_column(rep, j))
+        t_enc, t_eval, t_dec = t_enc + t1 - t0, t_eval + t2 - t1, t_dec + time.perf_counter() - t2
+        up, down = up + len(msg), down + len(rep)
+        if j % 32 == 0:
+            logging.info("column %d / %d, provider %.1f s so far", j, client.num_columns, t_eval)
+    cross = np.stack(rows)
+    zc = z_b - z_b.mean(0)
+    ref = np.vstack([zc.T @ z_a, z_a.mean(0)[None]])
+    res = {"n": n, "d_b": d_b, "d_a": d_a, "params": FLAGS.params, "layout": str(client.layout),
+           "keygen_s": t_keys, "provider_encode_s": t_prep, "client_encrypt_s": t_enc,
+           "provider_eval_s": t_eval, "client_decrypt_s": t_dec,
+           "setup_bytes": len(client.public_context()), "up_bytes": up, "down_bytes": down,
+           "max_abs_err": float(np.abs(cross - ref).max()), "max_abs_ref": float(np.abs(ref).max())}
+    print(json.dumps(res, indent=1))
+    _write(out / f"fit_n{n}_b{d_b}_a{d_a}.json", json.dumps(res, indent=1))
+
+
+def main(argv):
+    del argv
+    out = pathlib.Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bench_infer(out) if FLAGS.mode == "infer" else bench_fit(out)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,116 @@
+"""HELIX wire format: versioned, length-prefixed frames over a stream socket.
+
+Frame = 12-byte header + payload:
+
+  magic   4 bytes  b"HLX\\x00"
+  version u16      PROTOCOL_VERSION
+  type    u16      MsgType
+  length  u32      payload bytes (<= the receiver's max_message_bytes, checked BEFORE reading)
+
+Payload = ``linalign.fhe.base.pack_blobs`` container: a JSON object (small fields) followed by
+named-by-position byte blobs (contexts, ciphertexts). Everything is little endian.
+
+A receiver that meets a bad frame (wrong magic or version, unknown type, oversize length,
+truncated payload, unparsable container) raises ``ProtocolError``; the server answers it
+with an ERROR frame and closes the connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+from typing import Any, Mapping, NamedTuple
+
+from linalign.fhe.base import DeserializationError, pack_blobs, unpack_blobs
+
+MAGIC = b"HLX\x00"
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("<4sHHI")
+DEFAULT_MAX_MESSAGE_BYTES = 256 << 20  # fit contexts carry ~50 MB of Galois keys
+
+
+class MsgType(enum.IntEnum):
+    INFO = 1  # client -> server: what do you serve?          reply INFO_REPLY
+    INFO_REPLY = 2  # {d, k, d_a, n_public, public_fingerprint, label_names, backends}
+    INFER_SETUP = 3  # blobs [public context]                  reply READY
+    QUERY = 4  # blobs [query blob]                           reply RESULT
+    RESULT = 5  # blobs [reply blob]
+    FIT_SETUP = 6  # blobs [fit context]                      reply READY
+    FIT_COLUMN = 7  # blobs [fit column message]              reply FIT_RESULT
+    FIT_RESULT = 8  # blobs [fit reply message]
+    READY = 9
+    BYE = 10  # client is done; server closes
+    ERROR = 11  # {error: str}; sender closes afterwards
+
+
+class ProtocolError(ValueError):
+    """A frame that breaks the protocol (the message names what)."""
+
+
+class PeerError(RuntimeError):
+    """The other side answered with an ERROR frame."""
+
+
+class Message(NamedTuple):
+    type: MsgType
+    meta: dict
+    blobs: list
+
+
+def encode(msg_type: MsgType, meta: Mapping[str, Any] | None = None, blobs: list | None = None) -> bytes:
+    """One frame as bytes."""
+    payload = pack_blobs(dict(meta or {}), list(blobs or []))
+    if len(payload) >= 1 << 32:
+        raise ProtocolError(f"payload of {len(payload)} bytes does not fit the u32 length field")
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, int(msg_type), len(payload)) + payload
+
+
+def _recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise ProtocolError(f"connection closed after {len(buf)} of {n} {what} bytes (truncated)")
+        buf += chunk
+    return bytes(buf)
+
+
+def parse_header(header: bytes, max_message_bytes: int) -> "tuple[MsgType, int]":
+    """Validates a 12-byte header; returns (type, payload length)."""
+    magic, version, mtype, length = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r}: not a HELIX frame")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})")
+    try:
+        t = MsgType(mtype)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {mtype}") from None
+    if length > max_message_bytes:
+        raise ProtocolError(f"message of {length} bytes exceeds the limit of {max_message_bytes}")
+    return t, length
+
+
+def recv(sock: socket.socket, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, allow_eof: bool = False):
+    """Reads one frame. Returns None on a clean EOF before any byte if ``allow_eof``."""
+    first = sock.recv(HEADER.size)
+    if not first:
+        if allow_eof:
+            return None
+        raise ProtocolError("connection closed before a header arrived")
+    header = first if len(first) == HEADER.size else first + _recv_exact(sock, HEADER.size - len(first), "header")
+    mtype, length = parse_header(header, max_message_bytes)
+    payload = _recv_exact(sock, length, "payload")
+    try:
+        meta, blobs = unpack_blobs(payload, what=f"{mtype.name} payload")
+    except DeserializationError as e:
+        raise ProtocolError(str(e)) from None
+    return Message(mtype, meta, blobs)
+
+
+def send(sock: socket.socket, msg_type: MsgType, meta: Mapping[str, Any] | None = None, blobs: list | None = None) -> int:
+    """Sends one frame; returns the bytes written."""
+    frame = encode(msg_type, meta, blobs)
+    sock.sendall(frame)
+    return len(frame)
