@@ -53,6 +53,9 @@ class SufficientStats:
       c_bb: [d_b, d_b] centred source sum of squares (symmetric PSD).
       c_ba: [d_b, d_a] centred cross products.
       ss_a: [d_a] centred per-column target sum of squares (diag of C_aa).
+      mean_b_lo, mean_a_lo: low-order parts of the means (true mean = mean + mean_lo).
+        Compensated (TwoSum) running means: when |mean| >> spread, a mean rounded to one ulp
+        would otherwise put a first-order error into every later merge's between-group term.
     """
 
     n: jax.Array
@@ -61,6 +64,8 @@ class SufficientStats:
     c_bb: jax.Array
     c_ba: jax.Array
     ss_a: jax.Array
+    mean_b_lo: jax.Array
+    mean_a_lo: jax.Array
 
     @property
     def d_b(self) -> int:
@@ -79,7 +84,7 @@ def _stat_axes():
     """Logical axes of each SufficientStats leaf, in field order."""
     return SufficientStats(
         n=(), mean_b=(None,), mean_a=(None,), c_bb=(shd.FEAT_B, shd.FEAT_B2),
-        c_ba=(shd.FEAT_B, shd.FEAT_A), ss_a=(None,))
+        c_ba=(shd.FEAT_B, shd.FEAT_A), ss_a=(None,), mean_b_lo=(None,), mean_a_lo=(None,))
 
 
 def stats_shardings(mesh: Mesh, rules: Optional[shd.ShardingRules] = None) -> SufficientStats:
@@ -93,7 +98,8 @@ def _zeros(d_b: int, d_a: int, dtype) -> SufficientStats:
     return SufficientStats(
         n=jnp.zeros((), jnp.int32), mean_b=jnp.zeros((d_b,), dtype), mean_a=jnp.zeros((d_a,), dtype),
         c_bb=jnp.zeros((d_b, d_b), dtype), c_ba=jnp.zeros((d_b, d_a), dtype),
-        ss_a=jnp.zeros((d_a,), dtype))
+        ss_a=jnp.zeros((d_a,), dtype), mean_b_lo=jnp.zeros((d_b,), dtype),
+        mean_a_lo=jnp.zeros((d_a,), dtype))
 
 
 def init_stats(d_b: int, d_a: int, dtype=jnp.float32, sharding: Any = None) -> SufficientStats:
@@ -127,7 +133,8 @@ def from_moments(n, mean_b, mean_a, c_bb, c_ba, ss_a=None) -> SufficientStats:
     if ss_a is None:
         ss_a = jnp.full(jnp.shape(mean_a), jnp.nan, mean_b.dtype)
     s = SufficientStats(n=jnp.asarray(n, jnp.int32), mean_b=mean_b, mean_a=jnp.asarray(mean_a),
-                        c_bb=jnp.asarray(c_bb), c_ba=jnp.asarray(c_ba), ss_a=jnp.asarray(ss_a))
+                        c_bb=jnp.asarray(c_bb), c_ba=jnp.asarray(c_ba), ss_a=jnp.asarray(ss_a),
+                        mean_b_lo=jnp.zeros_like(mean_b), mean_a_lo=jnp.zeros_like(jnp.asarray(mean_a)))
     d_b, d_a = s.mean_b.shape[0], s.mean_a.shape[0]
     if s.c_bb.shape != (d_b, d_b) or s.c_ba.shape != (d_b, d_a) or s.ss_a.shape != (d_a,):
         raise AlignInputError(
@@ -136,27 +143,92 @@ def from_moments(n, mean_b, mean_a, c_bb, c_ba, ss_a=None) -> SufficientStats:
     return s
 
 
+def _two_sum(hi, t, lo):
+    """(hi + t + lo) as a rounded sum plus its exact rounding error (Knuth's TwoSum)."""
+    s = hi + t
+    bb = s - hi
+    err = (hi - (s - bb)) + (t - bb)
+    return s, err + lo
+
+
+def _merge_parts(s1: SufficientStats, n2, base_b, r_b, base_a, r_a, c_bb, c_ba, ss_a) -> SufficientStats:
+    """Chan merge of ``s1`` with a group whose mean is ``base + r`` (r small).
+
+    Keeping the group mean split as base + r lets the mean difference be formed as
+    (base - mean1) + r: base and mean1 are close, so their difference is exact in floating
+    point, and the small correction r keeps its own precision. Forming delta from a rounded
+    group mean instead costs a first-order error when |mean| >> spread.
+    """
+    dtype = s1.c_bb.dtype
+    n1 = s1.n.astype(dtype)
+    n2f = n2.astype(dtype)
+    n = n1 + n2f
+    n_safe = jnp.maximum(n, 1)
+    w2 = n2f / n_safe                # weight of the second mean
+    cross = n1 * n2f / n_safe        # weight of the between-group term
+    # base - mean1 is exact (close numbers, or mean1 = 0), so the mean difference is carried
+    # as (exact high part, small low part) until the mean itself is updated.
+    dh_b, dl_b = base_b - s1.mean_b, r_b - s1.mean_b_lo
+    dh_a, dl_a = base_a - s1.mean_a, r_a - s1.mean_a_lo
+    d_b, d_a = dh_b + dl_b, dh_a + dl_a
+    mean_b, mean_b_lo = _two_sum(s1.mean_b, dh_b * w2, s1.mean_b_lo + dl_b * w2)
+    mean_a, mean_a_lo = _two_sum(s1.mean_a, dh_a * w2, s1.mean_a_lo + dl_a * w2)
+    return SufficientStats(
+        n=s1.n + n2,
+        mean_b=mean_b,
+        mean_a=mean_a,
+        mean_b_lo=mean_b_lo,
+        mean_a_lo=mean_a_lo,
+        c_bb=s1.c_bb + c_bb + cross * jnp.outer(d_b, d_b),
+        c_ba=s1.c_ba + c_ba + cross * jnp.outer(d_b, d_a),
+        ss_a=s1.ss_a + ss_a + cross * d_a * d_a,
+    )
+
+
 def merge(s1: SufficientStats, s2: SufficientStats) -> SufficientStats:
     """Exact pairwise combination of two sets of statistics (Chan et al.).
 
     Associative and commutative up to rounding; either side may have n = 0.
     """
-    n1 = s1.n.astype(s1.c_bb.dtype)
-    n2 = s2.n.astype(s1.c_bb.dtype)
-    n = n1 + n2
-    n_safe = jnp.maximum(n, 1)
-    w2 = n2 / n_safe                 # weight of the second mean
-    cross = n1 * n2 / n_safe         # weight of the between-group term
-    d_b = s2.mean_b - s1.mean_b
-    d_a = s2.mean_a - s1.mean_a
-    return SufficientStats(
-        n=s1.n + s2.n,
-        mean_b=s1.mean_b + d_b * w2,
-        mean_a=s1.mean_a + d_a * w2,
-        c_bb=s1.c_bb + s2.c_bb + cross * jnp.outer(d_b, d_b),
-        c_ba=s1.c_ba + s2.c_ba + cross * jnp.outer(d_b, d_a),
-        ss_a=s1.ss_a + s2.ss_a + cross * d_a * d_a,
-    )
+    return _merge_parts(s1, s2.n, s2.mean_b, s2.mean_b_lo, s2.mean_a, s2.mean_a_lo,
+                        s2.c_bb, s2.c_ba, s2.ss_a)
+
+
+def _batch_parts(z_b, z_a, mask, dtype):
+    """Moments of one batch centred on its own (first-pass) mean.
+
+    Returns (n, base_b, r_b, base_a, r_a, c_bb, c_ba, ss_a): the batch mean is base + r, where
+    r is the mean of the centred rows (non-zero only through rounding of the first pass), and
+    the scatter matrices are already corrected to be about base + r.
+    """
+    z_b = z_b.astype(dtype)
+    z_a = z_a.astype(dtype)
+    if mask is None:
+        n = jnp.asarray(z_b.shape[0], jnp.int32)
+        inv = 1.0 / jnp.maximum(n.astype(dtype), 1)
+        base_b = jnp.sum(z_b, axis=0) * inv
+        base_a = jnp.sum(z_a, axis=0) * inv
+        x_b, x_a = z_b - base_b, z_a - base_a
+        r_b = jnp.sum(x_b, axis=0) * inv
+        r_a = jnp.sum(x_a, axis=0) * inv
+        sq_a = x_a * x_a
+    else:
+        w_m = mask.astype(dtype)
+        n = jnp.sum(mask.astype(jnp.int32))
+        inv = 1.0 / jnp.maximum(n.astype(dtype), 1)
+        base_b = jnp.dot(w_m, z_b, precision=_HIGHEST) * inv
+        base_a = jnp.dot(w_m, z_a, precision=_HIGHEST) * inv
+        # Zeroing masked rows on one side is enough for the cross products.
+        x_b = (z_b - base_b) * w_m[:, None]
+        x_a = z_a - base_a
+        r_b = jnp.sum(x_b, axis=0) * inv
+        r_a = jnp.dot(w_m, x_a, precision=_HIGHEST) * inv
+        sq_a = x_a * x_a * w_m[:, None]
+    nf = n.astype(dtype)
+    c_bb = jnp.einsum("mi,mj->ij", x_b, x_b, precision=_HIGHEST) - nf * jnp.outer(r_b, r_b)
+    c_ba = jnp.einsum("mi,mj->ij", x_b, x_a, precision=_HIGHEST) - nf * jnp.outer(r_b, r_a)
+    ss_a = jnp.sum(sq_a, axis=0) - nf * r_a * r_a
+    return n, base_b, r_b, base_a, r_a, c_bb, c_ba, ss_a
 
 
 def batch_stats(z_b: jax.Array, z_a: jax.Array, mask: Optional[jax.Array] = None,
@@ -172,33 +244,15 @@ def batch_stats(z_b: jax.Array, z_a: jax.Array, mask: Optional[jax.Array] = None
     Returns:
       SufficientStats of the (unmasked) rows.
     """
-    z_b = z_b.astype(dtype)
-    z_a = z_a.astype(dtype)
-    m_rows = z_b.shape[0]
-    if mask is None:
-        n = jnp.asarray(m_rows, jnp.int32)
-        mu_b = jnp.mean(z_b, axis=0)
-        mu_a = jnp.mean(z_a, axis=0)
-        x_b = z_b - mu_b
-        x_a = z_a - mu_a
-    else:
-        w_m = mask.astype(dtype)
-        n = jnp.sum(mask.astype(jnp.int32))
-        inv = 1.0 / jnp.maximum(n.astype(dtype), 1)
-        mu_b = (w_m @ z_b) * inv
-        mu_a = (w_m @ z_a) * inv
-        # Zeroing masked rows on one side is enough for every product below.
-        x_b = (z_b - mu_b) * w_m[:, None]
-        x_a = z_a - mu_a
-    c_bb = jnp.einsum("mi,mj->ij", x_b, x_b, precision=_HIGHEST)
-    c_ba = jnp.einsum("mi,mj->ij", x_b, x_a, precision=_HIGHEST)
-    sq_a = x_a * x_a if mask is None else x_a * x_a * w_m[:, None]
-    return SufficientStats(n=n, mean_b=mu_b, mean_a=mu_a, c_bb=c_bb, c_ba=c_ba,
-                           ss_a=jnp.sum(sq_a, axis=0))
+    n, base_b, r_b, base_a, r_a, c_bb, c_ba, ss_a = _batch_parts(z_b, z_a, mask, dtype)
+    mean_b, mean_b_lo = _two_sum(base_b, r_b, jnp.zeros_like(r_b))
+    mean_a, mean_a_lo = _two_sum(base_a, r_a, jnp.zeros_like(r_a))
+    return SufficientStats(n=n, mean_b=mean_b, mean_a=mean_a, c_bb=c_bb, c_ba=c_ba, ss_a=ss_a,
+                           mean_b_lo=mean_b_lo, mean_a_lo=mean_a_lo)
 
 
 def _update(stats: SufficientStats, z_b, z_a, mask=None) -> SufficientStats:
-    return merge(stats, batch_stats(z_b, z_a, mask, stats.c_bb.dtype))
+    return _merge_parts(stats, *_batch_parts(z_b, z_a, mask, stats.c_bb.dtype))
 
 
 # The accumulator buffers are donated so the update reuses them in place.
@@ -220,7 +274,7 @@ Returns:
 def stats_to_numpy(stats: SufficientStats) -> dict[str, np.ndarray]:
     """Host copies of every field, as a dict of numpy arrays (gathers sharded leaves)."""
     return {k: np.asarray(jax.device_get(getattr(stats, k)))
-            for k in ("n", "mean_b", "mean_a", "c_bb", "c_ba", "ss_a")}
+            for k in ("n", "mean_b", "mean_a", "c_bb", "c_ba", "ss_a", "mean_b_lo", "mean_a_lo")}
 
 
 def from_arrays(z_b, z_a, mask=None, dtype=jnp.float32, batch_size: Optional[int] = None) -> SufficientStats:
