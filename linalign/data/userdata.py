@@ -64,7 +64,8 @@ def load_jsonl(path: str | os.PathLike, text_field: str = "text", label_field: s
         for lineno, raw in enumerate(fh, 1):
             where = f"{p}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig on the first line: editors on Windows often start files with a BOM.
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{where}: not valid UTF-8 (byte {raw[e.start:e.start + 1]!r} at column "
                                 f"{e.start + 1})") from None

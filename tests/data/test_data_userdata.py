@@ -23,6 +23,13 @@ def test_jsonl_roundtrip(tmp_path):
     assert c.ids == ["1", "2"] and c.metadata["format"] == "jsonl"
 
 
+def test_jsonl_bom_and_crlf(tmp_path):
+    p = tmp_path / "win.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"text": "a", "label": "x"}\r\n{"text": "b", "label": "y"}\r\n')
+    c = data.load_jsonl(p)
+    assert c.texts == ["a", "b"] and c.labels == ["x", "y"]
+
+
 def test_jsonl_custom_fields_and_unlabelled(tmp_path):
     p = _write(tmp_path / "x.jsonl", '{"body": "one", "topic": "a"}\n{"body": "two", "topic": "b"}\n')
     c = data.load_jsonl(p, text_field="body", label_field="topic", name="custom")
