@@ -33,6 +33,9 @@ def split_indices(labels: list[str] | None, n: int, test_fraction: float, seed: 
             k = min(max(k, 1), idx.size - 1) if idx.size >= 2 else 0
             test.append(rng.permutation(idx)[:k])
         test_idx = np.sort(np.concatenate(test))
+        if test_idx.size == 0:
+            raise DataError(f"stratified split of {n} texts leaves the test side empty (every label has a "
+                            "single text); pass stratify=False")
     else:
         k = min(max(int(round(test_fraction * n)), 1), n - 1)
         test_idx = np.sort(rng.permutation(n)[:k])

@@ -57,6 +57,9 @@ def test_split_argument_errors():
     for bad in (0.0, 1.0, -0.1, 1.5):
         with pytest.raises(DataError, match="test_fraction"):
             data.train_test_split(c, test_fraction=bad)
+    with pytest.raises(DataError, match="test side empty"):
+        data.train_test_split(Corpus("singletons", ["a", "b", "c"], ["x", "y", "z"]))
+    assert len(data.train_test_split(Corpus("s", ["a", "b", "c"], ["x", "y", "z"]), stratify=False)[1]) == 1
     with pytest.raises(DataError, match="cannot split 1"):
         data.train_test_split(Corpus("one", ["a"]))
 
