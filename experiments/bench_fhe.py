@@ -1,0 +1,384 @@
+"""FHE backend comparison for HELIX: CKKS (TenSEAL, SEAL) against Concrete ML (TFHE).
+
+Inference, for every backend over d x K (provider's head V [d, K], c [K] from a logistic
+regression on a synthetic K-class task; queries are held-out points): client encrypt,
+provider evaluate, client decrypt (median per query), bytes up/down, key sizes, setup time,
+and agreement of decrypted argmax / scores with the plaintext head. Concrete ML also reports
+the bit search, compile time and simulate / execute / clear-quantized agreement.
+Fitting, for n public rows: the cross term through CKKS (``linalign.fhe.fitting``) and through
+concrete-ml-extensions (``linalign.fhe.concrete_matmul``); the first ``--fit_columns`` of d_B
+are run and the per-column costs extrapolated to all d_B (both marked as such in the output).
+Ratios are against the "tenseal-dot" baseline (the paper's TenSEAL setup).
+
+  Full grid (about an hour on 2 shared cores):
+    python experiments/bench_fhe.py
+  Quick check:
+    python experiments/bench_fhe.py --quick
+
+Writes results.json, results.md and results.png under --out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+import traceback
+
+import numpy as np
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("backends", ["tenseal-dot", "tenseal", "seal", "concrete"], "Backends to compare.")
+flags.DEFINE_list("dims", ["384", "576", "768", "2048", "4096"], "Input widths d.")
+flags.DEFINE_list("classes", ["2", "5", "16"], "Class counts K.")
+flags.DEFINE_integer("queries", 16, "Encrypted queries per cell (fewer if over the budget).")
+flags.DEFINE_float("cell_budget_s", 60.0, "Seconds one (backend, d, K) cell may spend on queries; "
+                   "a cell whose predicted single-query time exceeds it is skipped with the reason.")
+flags.DEFINE_string("params", "n8192", "CKKS preset (n16384 is tried when d does not fit).")
+flags.DEFINE_list("fit_n", ["4096", "16384"], "Public rows for the fitting phase.")
+flags.DEFINE_integer("fit_db", 384, "Fitting: client (B) width.")
+flags.DEFINE_integer("fit_da", 768, "Fitting: provider (A) width.")
+flags.DEFINE_integer("fit_columns", 4, "Fitting: columns of Z_B actually run (0 = all), then extrapolated.")
+flags.DEFINE_bool("skip_fit", False, "Skip the fitting phase.")
+flags.DEFINE_bool("quick", False, "Small grid: d 384,768; K 2,5; n 4096; 2 fit columns; 6 queries.")
+flags.DEFINE_string("out", "results/bench_fhe", "Output directory.")
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _task(d: int, k: int, seed: int = 0):
+    """Synthetic K-class task in d dims; returns (V [d,K], c [K], calib [n,d], queries, labels)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed + 1000 * d + k)
+    centers_kd = rng.standard_normal((k, d)) * (2.0 / np.sqrt(d))
+    y = rng.integers(0, k, size=800)
+    x = (centers_kd[y] + rng.standard_normal((800, d)) / np.sqrt(d)).astype(np.float32)
+    lr = LogisticRegression(max_iter=500).fit(x[:500], y[:500])
+    if k == 2:  # sklearn's binary form has one margin; expand to two scores with the same argmax
+        v = np.concatenate([-lr.coef_.T / 2, lr.coef_.T / 2], axis=1)
+        c = np.array([-lr.intercept_[0] / 2, lr.intercept_[0] / 2])
+    else:
+        v, c = lr.coef_.T, lr.intercept_
+    return v.astype(np.float64), c.astype(np.float64), x[:500], x[500:], y[500:]
+
+
+def _ckks_cell(name, d, k, v, c, queries):
+    from linalign.fhe import base
+
+    last_err = None
+    for params in dict.fromkeys([FLAGS.params, "n16384"]):
+        try:
+            t0 = time.perf_counter()
+            client = base.make_client(name, d, k, params)
+            keygen_s = time.perf_counter() - t0
+            break
+        except base.FHEError as e:
+            last_err = e
+    else:
+        raise last_err
+    provider = base.make_provider(client.public_context())
+    t0 = time.perf_counter()
+    head = provider.prepare(v, c)
+    prepare_s = time.perf_counter() - t0
+    sk = client.secret_key_bytes() if hasattr(client, "secret_key_bytes") else b""
+
+    def one(z):
+        t0 = time.perf_counter()
+        q = client.encrypt(z)
+        t1 = time.perf_counter()
+        r = provider.apply(q, head)
+        t2 = time.perf_counter()
+        s = client.decrypt(r)
+        return s, (t1 - t0, t2 - t1, time.perf_counter() - t2), len(q), len(r)
+
+    setup = {"params": params if isinstance(params, str) else str(params), "keygen_s": keygen_s,
+             "setup_s": prepare_s, "eval_key_bytes": len(client.public_context()),
+             "secret_key_bytes": len(sk)}
+    return one, setup
+
+
+def _concrete_cell(d, k, v, c, calib, held_out, held_labels):
+    """Bit search on the held-out set (300 points), then compile and key generation."""
+    from linalign.fhe import concrete_backend as cb
+
+    t0 = time.perf_counter()
+    search = cb.search_n_bits(v, c, calib, labels_n=held_labels, eval_nd=held_out)
+    search_s = time.perf_counter() - t0
+    provider = cb.ConcreteProvider.compile(v, c, calib, search.n_bits)
+    client = cb.ConcreteClient(provider.client_spec())
+    provider.attach(client.public_context())
+    queries = held_out[: FLAGS.queries]
+    sim = provider.predict_scores(queries, fhe="simulate")
+    clear_q = provider.predict_scores(queries, fhe="disable")
+    extra = {"n_bits": search.n_bits, "bit_search_s": search_s,
+             "bit_search_accuracy": {str(b): a for b, a in search.quantized_accuracy.items()},
+             "clear_accuracy": search.clear_accuracy,
+             "compile_s": provider.report.compile_s, "max_bit_width": provider.report.max_bit_width,
+             "pbs_count": provider.report.pbs_count, "client_spec_bytes": len(provider.client_spec()),
+             "server_zip_bytes": provider.report.server_zip_bytes,
+             "simulate_vs_clear_quantized_max_abs": float(np.abs(sim - clear_q).max())}
+    rows = {"i": 0}
+
+    def one(z):
+        t0 = time.perf_counter()
+        q = client.encrypt(z)
+        t1 = time.perf_counter()
+        r = provider.apply(q)
+        t2 = time.perf_counter()
+        s = client.decrypt(r)
+        i = rows["i"]
+        rows["i"] += 1
+        rows.setdefault("exec_vs_clear_q", []).append(float(np.abs(s - clear_q[i]).max()))
+        return s, (t1 - t0, t2 - t1, time.perf_counter() - t2), len(q), len(r)
+
+    setup = {"params": "tfhe (Concrete ML default)", "keygen_s": client.keygen_s,
+             "setup_s": search_s + provider.report.compile_s,
+             "eval_key_bytes": len(client.public_context()), "secret_key_bytes": None, **extra}
+    return one, setup, rows
+
+
+def bench_cell(name: str, d: int, k: int, predicted_s: float | None) -> dict:
+    row = {"backend": name, "d": d, "k": k}
+    if predicted_s is not None and predicted_s > FLAGS.cell_budget_s:
+        row["skipped"] = f"predicted {predicted_s:.0f} s per query > cell budget {FLAGS.cell_budget_s:.0f} s"
+        return row
+    v, c, calib, held_out, held_labels = _task(d, k)
+    queries, labels = held_out[: FLAGS.queries], held_labels[: FLAGS.queries]
+    conc_rows = None
+    try:
+        if name == "concrete":
+            one, setup, conc_rows = _concrete_cell(d, k, v, c, calib, held_out, held_labels)
+        else:
+            one, setup = _ckks_cell(name, d, k, v, c, queries)
+    except Exception as e:  # recorded, the grid goes on
+        row["skipped"] = f"{type(e).__name__}: {e}"
+        logging.warning("%s d=%d K=%d failed: %s", name, d, k, traceback.format_exc(limit=3))
+        return row
+    row.update(setup)
+    scores, times, up, down = [], [], 0, 0
+    t_start = time.perf_counter()
+    for z in queries:
+        s, t, up, down = one(z.astype(np.float64))
+        scores.append(s)
+        times.append(t)
+        if time.perf_counter() - t_start > FLAGS.cell_budget_s:
+            break
+    scores = np.array(scores)
+    ref = queries[: len(scores)].astype(np.float64) @ v + c
+    t = np.median(np.array(times), axis=0)
+    row.update({"queries_run": len(scores), "encrypt_ms": 1e3 * t[0], "eval_ms": 1e3 * t[1],
+                "decrypt_ms": 1e3 * t[2], "up_bytes": up, "down_bytes": down,
+                "argmax_agreement": float(np.mean(scores.argmax(1) == ref.argmax(1))),
+                "accuracy_encrypted": float(np.mean(scores.argmax(1) == labels[: len(scores)])),
+                "accuracy_plain": float(np.mean(ref.argmax(1) == labels[: len(scores)])),
+                "max_abs_err_vs_plain": float(np.abs(scores - ref).max()),
+                "score_spread": float(np.ptp(ref))})
+    if conc_rows is not None:
+        row["execute_vs_clear_quantized_max_abs"] = float(np.max(conc_rows["exec_vs_clear_q"]))
+    logging.info("%s", {k_: v_ for k_, v_ in row.items() if not isinstance(v_, dict)})
+    return row
+
+
+def bench_infer() -> list[dict]:
+    rows = []
+    last: dict[str, tuple[int, int, float]] = {}
+    for d in map(int, FLAGS.dims):
+        for k in map(int, FLAGS.classes):
+            for name in FLAGS.backends:
+                pred = None
+                if name in last:  # conservative: cost linear in d * K (TenSEAL dots/matmul)
+                    d0, k0, t0 = last[name]
+                    pred = t0 * (d * k) / (d0 * k0)
+                row = bench_cell(name, d, k, pred)
+                if "eval_ms" in row:
+                    last[name] = (d, k, (row["encrypt_ms"] + row["eval_ms"] + row["decrypt_ms"]) / 1e3)
+                rows.append(row)
+    for row in rows:
+        base_row = next((r for r in rows if r["backend"] == "tenseal-dot" and r["d"] == row["d"]
+                         and r["k"] == row["k"] and "eval_ms" in r), None)
+        if base_row and "eval_ms" in row:
+            row["eval_speedup_vs_dot"] = base_row["eval_ms"] / row["eval_ms"]
+            row["bytes_ratio_vs_dot"] = (row["up_bytes"] + row["down_bytes"]) / (
+                base_row["up_bytes"] + base_row["down_bytes"])
+    return rows
+
+
+def bench_fit() -> list[dict]:
+    from linalign.fhe import concrete_matmul
+
+    rows = []
+    d_b, d_a = FLAGS.fit_db, FLAGS.fit_da
+    cols = FLAGS.fit_columns or d_b
+    for n in map(int, FLAGS.fit_n):
+        rng = np.random.default_rng(n)
+        z_b = rng.standard_normal((n, d_b)) / np.sqrt(d_b) + 0.05
+        z_a = z_b @ rng.standard_normal((d_b, d_a)) / np.sqrt(d_b) + 0.1 * rng.standard_normal((n, d_a)) / np.sqrt(d_a)
+        zc_b = z_b - z_b.mean(0)
+        ref = zc_b.T @ z_a  # centred cross term [d_B, d_A]
+        scale = cols and d_b / cols
+        # concrete-ml-extensions
+        try:
+            cross, cost = concrete_matmul.encrypted_cross_covariance(zc_b, z_a, bits=8, feature_rows=cols)
+            err = cross - ref[:cols]
+            rows.append({"method": "concrete-ml-extensions", "n": n, "d_b": d_b, "d_a": d_a,
+                         "columns_run": cols, "extrapolated_to_d_b": cols < d_b,
+                         "keygen_s": cost.keygen_s, "key_bytes": cost.key_bytes,
+                         "client_encrypt_s": cost.encrypt_s * scale, "provider_s": cost.provider_s * scale,
+                         "client_decrypt_s": cost.decrypt_s * scale,
+                         "up_bytes": int(cost.up_bytes * scale), "down_bytes": int(cost.down_bytes * scale),
+                         "chunks": cost.chunks,
+                         "rel_fro_err": float(np.linalg.norm(err) / np.linalg.norm(ref[:cols])),
+                         "max_abs_err": float(np.abs(err).max()), "max_abs_ref": float(np.abs(ref[:cols]).max())})
+        except Exception as e:
+            rows.append({"method": "concrete-ml-extensions", "n": n, "skipped": f"{type(e).__name__}: {e}"})
+        logging.info("%s", rows[-1])
+        # CKKS (linalign.fhe.fitting)
+        try:
+            from linalign.fhe import fitting
+
+            t0 = time.perf_counter()
+            client = fitting.FitClient(z_b, d_a, FLAGS.params)
+            keygen_s = time.perf_counter() - t0
+            provider = fitting.FitProvider(client.public_context(), z_a)
+            t_enc = t_eval = t_dec = 0.0
+            up = down = 0
+            got = []
+            for j in range(min(cols, client.num_columns)):
+                t0 = time.perf_counter()
+                msg = client.encrypt_column(j)
+                t1 = time.perf_counter()
+                rep = provider.cross(msg)
+                t2 = time.perf_counter()
+                got.append(client.decrypt_column(rep, j))
+                t_enc, t_eval, t_dec = t_enc + t1 - t0, t_eval + t2 - t1, t_dec + time.perf_counter() - t2
+                up, down = up + len(msg), down + len(rep)
+            ran = len(got)
+            sc = client.num_columns / ran
+            got = np.stack(got)
+            want = np.vstack([ref, z_a.mean(0)[None]])[:ran]
+            rows.append({"method": "ckks (linalign.fhe.fitting)", "n": n, "d_b": d_b, "d_a": d_a,
+                         "columns_run": ran, "extrapolated_to_d_b": ran < client.num_columns,
+                         "keygen_s": keygen_s, "key_bytes": len(client.public_context()),
+                         "client_encrypt_s": t_enc * sc, "provider_s": t_eval * sc, "client_decrypt_s": t_dec * sc,
+                         "up_bytes": int(up * sc), "down_bytes": int(down * sc),
+                         "rel_fro_err": float(np.linalg.norm(got - want) / np.linalg.norm(want)),
+                         "max_abs_err": float(np.abs(got - want).max()), "max_abs_ref": float(np.abs(want).max())})
+        except Exception as e:
+            rows.append({"method": "ckks (linalign.fhe.fitting)", "n": n, "skipped": f"{type(e).__name__}: {e}"})
+        logging.info("%s", rows[-1])
+    return rows
+
+
+def _markdown(infer: list[dict], fit: list[dict], meta: dict) -> str:
+    out = [f"# FHE backends for HELIX ({meta['date']})", "", f"Command: `{meta['command']}`", "",
+           meta["machine"], "", "## Inference (per query; median)", "",
+           "| d | K | backend | enc ms | eval ms | dec ms | up KB | down KB | eval keys | setup s | "
+           "agree | max err | eval x vs dot | bytes x vs dot | notes |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in infer:
+        if "skipped" in r:
+            out.append(f"| {r['d']} | {r['k']} | {r['backend']} | | | | | | | | | | | | skipped: {r['skipped']} |")
+            continue
+        note = ""
+        if r["backend"] == "concrete":
+            note = (f"n_bits={r['n_bits']}, max bits {r['max_bit_width']}, compile {r['compile_s']:.1f} s, "
+                    f"exec-vs-clearQ {r['execute_vs_clear_quantized_max_abs']:.1e}")
+        else:
+            note = f"params {r['params']}"
+        sp = r.get("eval_speedup_vs_dot")
+        br = r.get("bytes_ratio_vs_dot")
+        out.append(
+            f"| {r['d']} | {r['k']} | {r['backend']} | {r['encrypt_ms']:.1f} | {r['eval_ms']:.1f} | "
+            f"{r['decrypt_ms']:.1f} | {r['up_bytes'] / 1e3:.1f} | {r['down_bytes'] / 1e3:.1f} | "
+            f"{r['eval_key_bytes'] / 1e6:.2f} MB | {r['keygen_s'] + r['setup_s']:.2f} | "
+            f"{r['argmax_agreement']:.3f} ({r['queries_run']}) | {r['max_abs_err_vs_plain']:.1e} | "
+            f"{sp and f'{sp:.2f}' or '-'} | {br and f'{br:.3f}' or '-'} | {note} |")
+    out += ["", "## Fitting (cross term, public rows)", "",
+            "| method | n | d_B x d_A | columns run | keygen s | key MB | client enc s | provider s | "
+            "client dec s | up MB | down MB | rel. Frobenius err |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in fit:
+        if "skipped" in r:
+            out.append(f"| {r['method']} | {r['n']} | | | | | | | | | | skipped: {r['skipped']} |")
+            continue
+        ex = " (extrapolated)" if r["extrapolated_to_d_b"] else ""
+        out.append(f"| {r['method']} | {r['n']} | {r['d_b']} x {r['d_a']} | {r['columns_run']}{ex} | "
+                   f"{r['keygen_s']:.1f} | {r['key_bytes'] / 1e6:.1f} | {r['client_encrypt_s']:.1f} | "
+                   f"{r['provider_s']:.1f} | {r['client_decrypt_s']:.1f} | {r['up_bytes'] / 1e6:.1f} | "
+                   f"{r['down_bytes'] / 1e6:.1f} | {r['rel_fro_err']:.1e} |")
+    return "\n".join(out) + "\n"
+
+
+def _plot(infer: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted({r["k"] for r in infer})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(r["backend"] for r in infer):
+        for k, style in zip(ks, ["-", "--", ":"]):
+            pts = [(r["d"], r) for r in infer if r["backend"] == name and r["k"] == k and "eval_ms" in r]
+            if not pts:
+                continue
+            ds = [p[0] for p in pts]
+            axes[0].plot(ds, [p[1]["encrypt_ms"] + p[1]["eval_ms"] + p[1]["decrypt_ms"] for p in pts],
+                         style, marker="o", label=f"{name} K={k}")
+            axes[1].plot(ds, [(p[1]["up_bytes"] + p[1]["down_bytes"]) / 1e3 for p in pts], style, marker="o",
+                         label=f"{name} K={k}")
+    for ax, lab in zip(axes, ["client enc + provider eval + client dec (ms)", "bytes per query (KB)"]):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("d")
+        ax.set_ylabel(lab)
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def main(argv):
+    del argv
+    if FLAGS.quick:
+        FLAGS.dims, FLAGS.classes, FLAGS.fit_n = ["384", "768"], ["2", "5"], ["4096"]
+        FLAGS.fit_columns, FLAGS.queries = 2, 6
+    out = pathlib.Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import sys
+
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": "python " + " ".join(sys.argv),
+            "machine": f"{os.cpu_count()} CPU cores, shared with other jobs while measuring; no GPU.",
+            "load_avg_start": os.getloadavg()}
+    if "concrete" in FLAGS.backends:
+        from linalign.fhe import concrete_backend
+
+        concrete_backend._import_concrete()  # import cost kept out of the first cell's setup time
+    t0 = time.perf_counter()
+    infer = bench_infer()
+    fit = [] if FLAGS.skip_fit else bench_fit()
+    meta["load_avg_end"] = os.getloadavg()
+    meta["wall_s"] = time.perf_counter() - t0
+    _write(out / "results.json", json.dumps({"meta": meta, "inference": infer, "fitting": fit}, indent=1,
+                                            default=float))
+    md = _markdown(infer, fit, meta)
+    _write(out / "results.md", md)
+    _plot(infer, out / "results.png")
+    print(md)
+    print("eval speedup vs tenseal-dot (>1 = faster than the baseline):")
+    for r in infer:
+        if "eval_speedup_vs_dot" in r and r["backend"] != "tenseal-dot":
+            print(f"  d={r['d']:5d} K={r['k']:3d} {r['backend']:12s} eval x{r['eval_speedup_vs_dot']:.2f}  "
+                  f"bytes x{r['bytes_ratio_vs_dot']:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
