@@ -12,6 +12,7 @@ Wire format (``base.pack_blobs``):
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import numpy as np
@@ -140,11 +141,19 @@ class SealProvider(base.ProviderBackend):
             raise base.DeserializationError(f"public context: bad Galois keys ({e})") from None
         self._evaluator = seal.Evaluator(self._ctx)
         self._encoder = seal.CKKSEncoder(self._ctx)
+        self._rng = np.random.default_rng(secrets.randbits(128))
 
     def is_private(self) -> bool:
         # The provider context is built from parameters and Galois keys only; there is no
         # code path that could hold a SecretKey here.
         return False
+
+    def _slot_mask(self) -> np.ndarray:
+        """[S] uniform noise of magnitude 2^(headroom - 2) outside the score slots, 0 on them."""
+        bound = 2.0 ** (self.params.headroom_bits - 2)
+        mask = self._rng.uniform(-bound, bound, self.params.slots)
+        mask[self.layout.score_slots()] = 0.0
+        return mask
 
     def prepare(self, v_dk: np.ndarray, c_k: np.ndarray) -> Any:
         v, c = base.check_head(v_dk, c_k, self.d_in, self.k_out)
@@ -167,7 +176,11 @@ class SealProvider(base.ProviderBackend):
         # Folding after the rescale: key switching at one prime is ~2x cheaper.
         for step in self.layout.fold_steps:
             acc = ev.add(acc, ev.rotate_vector(acc, step, gk))
-        bias = self._encoder.encode(head["bias"], acc.scale())
+        # Slots other than the K scores hold partial sums of other column windows of V; they
+        # are drowned in fresh uniform noise so the client reads only the K scores
+        # (the noise needs no level: it is added, not multiplied).
+        bias = head["bias"] + self._slot_mask()
+        bias = self._encoder.encode(bias, acc.scale())
         ev.mod_switch_to_inplace(bias, acc.parms_id())
         ev.add_plain_inplace(acc, bias)
         return base.pack_blobs({"kind": "reply"}, [acc.to_string()])

@@ -134,3 +134,19 @@ def test_bad_inputs_named():
         base.unpack_blobs(q + b"x")
     with pytest.raises(base.FHEError, match="unknown FHE backend"):
         base.make_client("nope", 4, 2)
+
+
+def test_seal_reply_hides_non_score_slots():
+    """Decrypting the whole reply shows noise, not partial sums of V, outside the K scores."""
+    x, v, c = _head(768, 16, seed=3)
+    client = base.make_client("seal", 768, 16)
+    provider = base.make_provider(client.public_context())
+    reply = provider.linear(client.encrypt(x), v, c)
+    (blob,) = base.unpack_blobs(reply)[1]
+    from linalign.fhe.seal_backend import load_ciphertext
+
+    ct = load_ciphertext(client._ctx, blob, "reply")
+    slots = np.asarray(client._encoder.decode(client._decryptor.decrypt(ct)))
+    other = np.delete(slots, client.layout.score_slots())
+    assert np.median(np.abs(other)) > 1e3 * np.abs(x @ v + c).max()
+    np.testing.assert_allclose(slots[client.layout.score_slots()], x @ v + c, rtol=0, atol=1e-3)
