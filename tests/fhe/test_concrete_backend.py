@@ -120,3 +120,37 @@ def test_bad_inputs_are_named(head_and_data, provider):
         prov.attach(wrong)
     with pytest.raises(base.DeserializationError):
         cb.ConcreteClient(b"not a spec")
+
+
+@pytest.mark.slow
+def test_real_minilm_head_on_bbc_news_encrypted():
+    """A head trained on real all-MiniLM-L6-v2 embeddings of BBC News, served under Concrete ML."""
+    from linalign import checkpoints
+    from linalign.data import load_corpus
+    from linalign.data.splits import sample
+    from linalign.eval.head import encode_labels, fit_head
+    from linalign.extract.pipeline import extract
+
+    corpus = sample(load_corpus("bbc_news"), 300, seed=0)
+    model = checkpoints.load("all-minilm-l6-v2")
+    z_nd = np.asarray(extract(model, corpus.texts, max_length=64, truncation="silent", progress=False))
+    assert z_nd.shape == (300, 384)
+    y, names = encode_labels(corpus.labels, corpus.label_names)
+    perm = np.random.default_rng(0).permutation(300)  # the sample is in corpus (label) order
+    z_nd, y = z_nd[perm], np.asarray(y)[perm]
+    head = fit_head(z_nd[:200], [names[i] for i in y[:200]], names)
+    clear_acc = head.accuracy(z_nd[200:], y[200:])
+    assert clear_acc > 0.8
+    search = cb.search_n_bits(head.v_dk, head.c_k, z_nd[:200], labels_n=y[200:], eval_nd=z_nd[200:])
+    assert search.quantized_accuracy[search.n_bits] >= clear_acc - 0.01
+    prov = cb.ConcreteProvider.compile(head.v_dk, head.c_k, z_nd[:200], search.n_bits)
+    client = cb.ConcreteClient(prov.client_spec())
+    try:
+        prov.attach(client.public_context())
+        clear_q = prov.predict_scores(z_nd[200:203], fhe="disable")
+        for i in range(3):
+            scores_k = client.decrypt(prov.apply(client.encrypt(z_nd[200 + i])))
+            np.testing.assert_allclose(scores_k, clear_q[i], rtol=0, atol=1e-9)
+    finally:
+        client.close()
+        prov.close()
