@@ -161,6 +161,7 @@ def test_provider_receives_no_secret_key(bundle_path, tmp_path):
                     ctx.from_secret_str(p)
 
 
+@pytest.mark.slow
 def test_cli_fit_query_and_server_stops(bundle_path, tmp_path):
     z_b, z_a, v, c = make_data()
     np.save(tmp_path / "pub.npy", z_b[:N_PUBLIC])
