@@ -63,7 +63,11 @@ timed_out=0
 watchdog=""
 if ((timeout_s > 0)); then
   # wait -n blocks, so a watchdog signals this script when the time is up.
-  (sleep "$timeout_s"; kill -USR1 $$ 2>/dev/null) &
+  # Its output goes to /dev/null and it takes its sleep with it when stopped, so nothing is
+  # left holding this script's stdout open after it exits.
+  (trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+   sleep "$timeout_s" & sp=$!
+   wait "$sp" && kill -USR1 $$ 2>/dev/null) >/dev/null 2>&1 &
   watchdog=$!
 fi
 trap 'timed_out=1' USR1
