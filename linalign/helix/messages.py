@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import socket
 import struct
+import time
 from typing import Any, Mapping, NamedTuple
 
 from linalign.fhe.base import DeserializationError, pack_blobs, unpack_blobs
@@ -66,9 +67,14 @@ def encode(msg_type: MsgType, meta: Mapping[str, Any] | None = None, blobs: list
     return HEADER.pack(MAGIC, PROTOCOL_VERSION, int(msg_type), len(payload)) + payload
 
 
-def _recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, what: str, deadline: float | None = None) -> bytes:
     buf = bytearray()
     while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout(f"frame not complete in time ({len(buf)} of {n} {what} bytes)")
+            sock.settimeout(left)
         chunk = sock.recv(min(n - len(buf), 1 << 20))
         if not chunk:
             raise ProtocolError(f"connection closed after {len(buf)} of {n} {what} bytes (truncated)")
@@ -92,16 +98,28 @@ def parse_header(header: bytes, max_message_bytes: int) -> "tuple[MsgType, int]"
     return t, length
 
 
-def recv(sock: socket.socket, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, allow_eof: bool = False):
-    """Reads one frame. Returns None on a clean EOF before any byte if ``allow_eof``."""
+def recv(sock: socket.socket, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, allow_eof: bool = False,
+         frame_timeout_s: float | None = None):
+    """Reads one frame. Returns None on a clean EOF before any byte if ``allow_eof``.
+
+    With ``frame_timeout_s``, the whole frame must arrive within that many seconds of its first
+    byte (a peer trickling one byte at a time cannot hold the connection open).
+    """
     first = sock.recv(HEADER.size)
     if not first:
         if allow_eof:
             return None
         raise ProtocolError("connection closed before a header arrived")
-    header = first if len(first) == HEADER.size else first + _recv_exact(sock, HEADER.size - len(first), "header")
-    mtype, length = parse_header(header, max_message_bytes)
-    payload = _recv_exact(sock, length, "payload")
+    deadline = None if frame_timeout_s is None else time.monotonic() + frame_timeout_s
+    old_timeout = sock.gettimeout()
+    try:
+        header = first
+        if len(first) < HEADER.size:
+            header = first + _recv_exact(sock, HEADER.size - len(first), "header", deadline)
+        mtype, length = parse_header(header, max_message_bytes)
+        payload = _recv_exact(sock, length, "payload", deadline)
+    finally:
+        sock.settimeout(old_timeout)
     try:
         meta, blobs = unpack_blobs(payload, what=f"{mtype.name} payload")
     except DeserializationError as e:

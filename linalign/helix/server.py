@@ -147,7 +147,7 @@ class Server:
         state = {"provider": None, "head": None, "fit": None}
         try:
             for _ in range(cfg.max_requests):
-                msg = M.recv(conn, cfg.max_message_bytes, allow_eof=True)
+                msg = M.recv(conn, cfg.max_message_bytes, allow_eof=True, frame_timeout_s=cfg.io_timeout_s)
                 if msg is None:
                     return
                 if self.on_receive is not None:
@@ -157,7 +157,7 @@ class Server:
                 self._dispatch(conn, msg, state)
             self._error(conn, f"request limit of {cfg.max_requests} per connection reached")
         except socket.timeout:
-            self._error(conn, f"no complete frame within {cfg.io_timeout_s} s")
+            self._error(conn, f"timed out: no complete frame within {cfg.io_timeout_s} s")
         except (M.ProtocolError, base.FHEError, ValueError) as e:
             logging.warning("rejecting connection: %s", e)
             self._error(conn, str(e))

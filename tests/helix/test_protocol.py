@@ -181,3 +181,28 @@ def test_cli_fit_query_and_server_stops(bundle_path, tmp_path):
     assert proc.wait(timeout=30) == 0  # stopped by itself after 2 connections
     bad = run("query", "--map=/nonexistent", f"--embeddings={tmp_path / 'q.npy'}", "--out=x.npy")
     assert bad.returncode != 0
+
+
+def test_slow_frame_times_out_and_server_goes_on(bundle_path, tmp_path):
+    import time
+
+    proc, port = start_server(bundle_path, tmp_path, "--io_timeout=1.5")
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=20)
+        frame = M.encode(M.MsgType.INFO)
+        t0 = time.monotonic()
+        try:
+            for byte in frame[:-1]:  # trickle, never finish
+                s.sendall(bytes([byte]))
+                time.sleep(0.3)
+        except OSError:
+            pass
+        reply = M.recv(s)
+        assert reply.type == M.MsgType.ERROR and "timed out" in reply.meta["error"]
+        assert time.monotonic() - t0 < 10
+        s.close()
+        with HelixClient(port) as cl:
+            assert cl.info()["k"] == K
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
