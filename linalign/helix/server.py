@@ -163,6 +163,10 @@ class Server:
             self._error(conn, str(e))
         except OSError as e:
             logging.warning("connection dropped: %s", e)
+        except Exception as e:  # noqa: BLE001 - native HE libraries raise RuntimeError & co.
+            # Whatever a single request does, the server must survive it and say why.
+            logging.warning("request failed: %s: %s", type(e).__name__, e)
+            self._error(conn, f"request failed: {type(e).__name__}: {e}")
 
     def _error(self, conn, text: str) -> None:
         try:

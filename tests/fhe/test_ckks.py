@@ -150,3 +150,18 @@ def test_seal_reply_hides_non_score_slots():
     other = np.delete(slots, client.layout.score_slots())
     assert np.median(np.abs(other)) > 1e3 * np.abs(x @ v + c).max()
     np.testing.assert_allclose(slots[client.layout.score_slots()], x @ v + c, rtol=0, atol=1e-3)
+
+
+def test_seal_rejects_ciphertext_at_wrong_level():
+    client = base.make_client("seal", 16, 2)
+    provider = base.make_provider(client.public_context())
+    from linalign.fhe.seal_backend import load_ciphertext
+
+    import seal
+
+    meta, blobs = base.unpack_blobs(client.encrypt(np.ones(16)))
+    ct = load_ciphertext(client._ctx, blobs[0], "q")
+    seal.Evaluator(client._ctx).mod_switch_to_next_inplace(ct)
+    low = base.pack_blobs(meta, [ct.to_string()])
+    with pytest.raises(base.DeserializationError, match="top level"):
+        provider.apply(low, provider.prepare(np.zeros((16, 2)), np.zeros(2)))
