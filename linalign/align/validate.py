@@ -60,6 +60,11 @@ def check_matrix(x: Any, side: str, *, dim: Optional[int] = None, allow_empty: b
         raise AlignInputError(f"{side}: expected width {dim}, got {d} ({_describe(x)})")
     if check_finite and n:
         xn = np.asarray(x)
+        # Fast screen: a NaN/Inf anywhere in a row makes its sum non-finite; one BLAS gemv
+        # instead of an [n, d] boolean temporary. Only on a hit (or an overflowing sum) is
+        # the exact per-element scan run.
+        if np.all(np.isfinite(xn @ np.ones(d, xn.dtype))):
+            return xn
         finite_rows = np.isfinite(xn).all(axis=1)
         if not finite_rows.all():
             bad = int(np.argmin(finite_rows))
