@@ -55,12 +55,12 @@ class StudyConfig:
     public_corpus: str = "auto"
     ood_corpus: str = "fortunes"
     ood_holdout: str = "tech"
-    n_texts: int = 1500
-    n_public: int = 1500
+    n_texts: int = 1000
+    n_public: int = 800
     n_in_dist: int = 128
     test_fraction: float = 0.3
-    max_length: int = 128
-    clip_chars: int = 600
+    max_length: int = 48
+    clip_chars: int = 300
     title_only: bool = False
     batch_size: int = 16
     pooling: str = "mean"

@@ -81,16 +81,38 @@ def match_rate(texts, rows_a, rows_b) -> float:
     return pairing.exact_token_match_rate(texts, oa, [None] * len(oa), ob, [None] * len(ob))
 
 
-def _greedy(model, prompt: str, max_new_tokens: int):
-    from linalign import generate
+class _Gen:
+    """A generation's target-vocabulary ids (EOS dropped) and text."""
 
-    return generate.greedy(model, prompt, max_new_tokens=max_new_tokens)
+    def __init__(self, ids, text):
+        self.ids, self.text = list(ids), text
 
 
-def _cross(source, target, amap, prompt: str, max_new_tokens: int):
-    from linalign import generate
+def _greedy_all(model, prompts, max_new_tokens: int):
+    """The model's own greedy continuations (KV-cached ``Decoder``, one prompt at a time)."""
+    from linalign.generate.decode import GREEDY, Decoder, eos_ids_of
 
-    return generate.generate_from_hidden(source, target, amap, prompt, max_new_tokens=max_new_tokens)
+    dec = Decoder(model.module, model.params)
+    eos = eos_ids_of(model)
+    out = []
+    for p in prompts:
+        enc = model.tokenizer.encode_batch([p], padding_side="left")
+        row = dec.generate(enc.ids, enc.mask, max_new_tokens, eos, GREEDY, 0, model.tokenizer.pad_id).rows()[0]
+        row = [t for t in row if t not in set(eos)]
+        out.append(_Gen(row, model.tokenizer.decode(row)))
+    return out
+
+
+def _cross_all(source, target, amap, prompts, max_new_tokens: int):
+    """Source transformer -> map -> target LM head, greedy (``generate_from_hidden``)."""
+    from linalign.generate.cross import CrossDecoder
+
+    dec = CrossDecoder(source, (amap.w, amap.b), target)
+    out = []
+    for p in prompts:
+        g = dec.generate(p, max_new_tokens, False)
+        out.append(_Gen(g.target_ids, g.text))
+    return out
 
 
 def run_generation(cfg: C.StudyConfig, name: str = "generation") -> Report:
@@ -115,7 +137,7 @@ def run_generation(cfg: C.StudyConfig, name: str = "generation") -> Report:
     encoder = C.load_model(cfg.encoder)
     native = {}
     for m in causal:
-        native[m] = [_greedy(C.load_model(m), p, cfg.max_new_tokens) for p in prompts]
+        native[m] = _greedy_all(C.load_model(m), prompts, cfg.max_new_tokens)
         logging.info("native %s: %r", C.short(m), native[m][0].text)
     rep = Report(name, cfg.out_root, "Cross-model generation through a per-token affine map")
     rep.text(f"Map fit on per-token final hidden states of {len(fit_texts)} texts ({', '.join(used)}; "
@@ -135,7 +157,7 @@ def run_generation(cfg: C.StudyConfig, name: str = "generation") -> Report:
         vb, sb, spb = vocab_for_jaccard(mb.tokenizer)
         jac = pairing.jaccard_vocab_overlap(va, vb, sa, sb, spa, spb)
         emr = match_rate(fit_texts, rows[a], rows[b])
-        cross = [_cross(mb, ma, amap, p, cfg.max_new_tokens) for p in prompts]
+        cross = _cross_all(mb, ma, amap, prompts, cfg.max_new_tokens)
         agree = float(np.mean([textgen.token_agreement(c.ids, n.ids) for c, n in zip(cross, native[a])]))
         prompt_ids = [ma.tokenizer.encode(p) for p in prompts]
         ppl_cross = textgen.perplexity(ma, prompt_ids, [c.ids for c in cross])
@@ -161,6 +183,14 @@ def run_generation(cfg: C.StudyConfig, name: str = "generation") -> Report:
                "agreement w/ A greedy", "A ppl of cross text", "A ppl of own text",
                "cos to A native", "cos to B native", "map train R2"], table,
               caption="Cross-model generation")
+    groups = [f"{r['source']}->{r['target']}" for r in results]
+    rep.bars("generation_measures", groups,
+             {k: [r[key] for r in results] for k, key in (
+                 ("exact token match", "exact_token_match_rate"), ("Jaccard vocab", "jaccard_vocab"),
+                 ("agreement w/ target greedy", "token_agreement"),
+                 ("cos to target native", "cos_to_target_native"),
+                 ("cos to source native", "cos_to_source_native"))},
+             ylabel="value", title="cross-model generation (source->target)")
     rep.text("\n## Samples\n")
     for pair, p, c, n_a, n_b in samples:
         rep.text(f"**{pair}**, prompt: `{p}`\n\n- cross: {c!r}\n- target native: {n_a!r}\n"

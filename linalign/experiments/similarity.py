@@ -14,6 +14,7 @@ MEASURES = ("linear_cka", "debiased_cka", "mutual_knn")
 def _measures(x_nd, y_nd, k):
     from linalign import metrics
 
+    x_nd, y_nd = np.asarray(x_nd, np.float32), np.asarray(y_nd, np.float32)
     return {"linear_cka": float(metrics.linear_cka(x_nd, y_nd)),
             "debiased_cka": float(metrics.debiased_cka(x_nd, y_nd)),
             "mutual_knn": float(metrics.mutual_knn(x_nd, y_nd, k=k))}
