@@ -183,6 +183,11 @@ def run_generation(cfg: C.StudyConfig, name: str = "generation") -> Report:
                "agreement w/ A greedy", "A ppl of cross text", "A ppl of own text",
                "cos to A native", "cos to B native", "map train R2"], table,
               caption="Cross-model generation")
+    rep.text("Paper, for reference: cross-model generation works for some pairs only; quality is "
+             "predicted by the exact token match rate (r = 0.898 over 23 pairs) and Jaccard vocabulary "
+             "overlap (r = 0.822); pairs with exact match above 0.7 succeed, tiny source models fail; "
+             "good outputs have cosine above 0.7 to both native outputs, bad ones below 0.3. Maps "
+             "there were fit on 4,000 instruction examples; here on a few hundred short texts.\n")
     groups = [f"{r['source']}->{r['target']}" for r in results]
     rep.bars("generation_measures", groups,
              {k: [r[key] for r in results] for k, key in (

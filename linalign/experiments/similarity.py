@@ -81,6 +81,10 @@ def run_similarity(cfg: C.StudyConfig, name: str = "similarity", report: Report 
     rep.table(["model 1", "model 2", "linear CKA", "debiased CKA", f"mutual {cfg.knn_k}-NN",
                "shuffled lin. CKA", "shuffled deb. CKA", "shuffled k-NN"], rows,
               caption="Similarity (real pairing vs shuffled pairing)")
+    rep.text("Paper, for reference: linear CKA 0.595-0.881 across five commercial embedding models "
+             "(5,000 train / 2,000 test samples); SVCCA against a shuffled baseline. Here the models "
+             "are two sentence encoders and two small causal LMs (mean-pooled), which the paper did "
+             "not compare directly.\n")
     for m in MEASURES:
         rep.heatmap(f"{m}", mats[m], labels, labels, title=m.replace("_", " "), vmin=0, vmax=1)
     rep.heatmap("linear_cka_shuffled", shuf["linear_cka"], labels, labels,
