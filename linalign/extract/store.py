@@ -44,7 +44,7 @@ TOKEN_ARRAYS = ("lengths", "ids", "offsets")
 # Provenance fields that must agree for a writer to resume an existing store.
 _IDENTITY_KEYS = ("model", "model_fingerprint", "config_hash", "tokenizer", "pooling",
                   "per_token", "dtype", "dim", "text_fingerprint", "max_length", "layer",
-                  "total_rows")
+                  "total_rows", "add_special_tokens", "truncation")
 
 PathLike = Union[str, os.PathLike]
 
@@ -148,8 +148,8 @@ class StoreWriter:
       per_token: per-token store (``append`` takes TokenRows) or pooled ([rows, dim] arrays).
       dtype: storage dtype, one of SUPPORTED_DTYPES.
       dim: hidden size; every appended array must have it.
-      overwrite: discard an existing store at ``path`` whose identity differs instead of
-        raising. A matching store is always resumed.
+      overwrite: discard any existing store at ``path``. Otherwise a store with the same
+        identity (model, texts, pooling, ...) is resumed and a different one raises.
       **meta: provenance written to the manifest (model, model_fingerprint, config_hash,
         tokenizer, pooling, text_fingerprint, total_rows, ...); JSON-serialisable.
 
@@ -175,7 +175,7 @@ class StoreWriter:
             old = _read_manifest(self.path)
             diffs = {k: (old.get(k), manifest.get(k)) for k in _IDENTITY_KEYS
                      if old.get(k) != manifest.get(k)}
-            if not diffs:
+            if not diffs and not overwrite:
                 # Verify what is there before building on it; a corrupt shard raises.
                 EmbeddingStore(self.path, old).verify()
                 manifest = old
