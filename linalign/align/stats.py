@@ -176,7 +176,7 @@ def _merge_parts(s1: SufficientStats, n2, base_b, r_b, base_a, r_a, c_bb, c_ba, 
     mean_b, mean_b_lo = _two_sum(s1.mean_b, dh_b * w2, s1.mean_b_lo + dl_b * w2)
     mean_a, mean_a_lo = _two_sum(s1.mean_a, dh_a * w2, s1.mean_a_lo + dl_a * w2)
     return SufficientStats(
-        n=s1.n + n2,
+        n=(s1.n + n2).astype(jnp.int32),
         mean_b=mean_b,
         mean_a=mean_a,
         mean_b_lo=mean_b_lo,
@@ -399,18 +399,19 @@ class Accumulator:
 
     def _add_chunk(self, z_b, z_a, mask) -> None:
         m = int(z_b.shape[0])
-        if self.mesh is None:
-            if mask is not None:
-                mask = jnp.asarray(mask)
-            self._stats = self._update(self._stats, z_b, z_a, mask)
-            return
-        pad = (-m) % self._row_multiple
+        # Every step has the same shape (short chunks are padded with masked rows), so one
+        # compiled update serves a whole stream, whatever its batch sizes.
+        pad = self.chunk_rows * self._row_multiple - m
         mask = np.ones((m,), np.bool_) if mask is None else np.asarray(mask).astype(np.bool_)
         if pad:
-            # Rows must divide the data axis; padding rows carry mask 0.
-            z_b = np.concatenate([np.asarray(z_b), np.zeros((pad, self.d_b), np.asarray(z_b).dtype)])
-            z_a = np.concatenate([np.asarray(z_a), np.zeros((pad, self.d_a), np.asarray(z_a).dtype)])
+            xp = jnp if isinstance(z_b, jax.Array) else np
+            z_b = xp.concatenate([z_b, xp.zeros((pad, self.d_b), z_b.dtype)])
+            xp = jnp if isinstance(z_a, jax.Array) else np
+            z_a = xp.concatenate([z_a, xp.zeros((pad, self.d_a), z_a.dtype)])
             mask = np.concatenate([mask, np.zeros((pad,), np.bool_)])
+        if self.mesh is None:
+            self._stats = self._update(self._stats, z_b, z_a, jnp.asarray(mask))
+            return
         rows_sh, mask_sh = self._in_shardings
         z_b = jax.device_put(z_b, rows_sh)
         z_a = jax.device_put(z_a, rows_sh)
