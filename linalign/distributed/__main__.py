@@ -59,9 +59,11 @@ def _fit() -> None:
             raise app.UsageError(f"fit needs --{name}")
     mesh = runtime.global_mesh(runtime.parse_mesh(FLAGS.mesh))
     ckpt = FLAGS.checkpoint_dir or f"{FLAGS.out_dir.rstrip('/')}/checkpoints"
-    import os
+    if "://" not in ckpt:  # orbax wants absolute local paths; gs:// and the like pass through
+        import os
+        ckpt = os.path.abspath(ckpt)
     fit = sf.StreamingFit(FLAGS.source_store, FLAGS.target_store, mesh, FLAGS.batch_size,
-                          checkpoint_dir=os.path.abspath(ckpt), checkpoint_every=FLAGS.checkpoint_every,
+                          checkpoint_dir=ckpt, checkpoint_every=FLAGS.checkpoint_every,
                           batch_delay_s=FLAGS.batch_delay_s)
     sf.finish(fit, fit.run(), FLAGS.out_dir, FLAGS.lam)
 

@@ -131,7 +131,7 @@ def plan_fit(d_b: int, d_a: int, batch_per_device: int, mesh: Mesh,
       rules: ShardingRules (default batch->data, feat_b->model).
 
     Returns:
-      {"update": ..., "reduce": ..., "solve": ...} MemoryReports.
+      {"update": ..., "fold": ..., "solve": ...} MemoryReports (per step, per checkpoint, once).
     """
     rules = rules or shd.ShardingRules()
     model = mesh.shape.get("model", 1)
@@ -150,8 +150,10 @@ def plan_fit(d_b: int, d_a: int, batch_per_device: int, mesh: Mesh,
     mask = jax.ShapeDtypeStruct((m,), jnp.bool_, sharding=mask_sh)
     out = {"update": compile_report("update (per step)", sf._local_step, (state, z_b, z_a, mask),
                                     (state_sh, rows_sh, rows_sh, mask_sh), state_sh, donate_argnums=0)}
-    final_sh = stats_lib.stats_shardings(mesh, rules)
-    out["reduce"] = compile_report("reduce (once)", sf.reduce_devices, (state,), (state_sh,), final_sh)
+    base_sh = stats_lib.stats_shardings(mesh, rules)
+    base = _abstract(shapes, base_sh)
+    out["fold"] = compile_report("fold (per checkpoint)", sf.fold, (base, state), (base_sh, state_sh),
+                                 (base_sh, state_sh), donate_argnums=(0, 1))
     in_sh, out_sh = solve_shardings(mesh)
     args = (jax.ShapeDtypeStruct((d_b, d_b), jnp.float32, sharding=in_sh[0]),
             jax.ShapeDtypeStruct((d_b, d_a), jnp.float32, sharding=in_sh[1]),

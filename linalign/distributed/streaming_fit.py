@@ -8,13 +8,17 @@ Work split (all deterministic, computed by every process without talking to the 
   * devices: inside a process, row ``r`` of a step's batch goes to local data shard
     ``r // (batch_per_process / local data shards)``.
 
-Accumulation is local: the state is a SufficientStats with a leading ``[D]`` axis (one set of
-statistics per data-axis position, sharded over "data"; the d_b rows of C_bb/C_ba sharded over
-"model"), and each step updates every device's own statistics with ``vmap(merge o
-batch_stats)``, so a step needs no communication at all. The exact pairwise merge over the
-``[D]`` axis (one all-reduce's worth of traffic: d_b x (d_b + d_a) floats) runs once, at the
-end. Because a step's arithmetic depends only on the step number, a run resumed from a
-checkpoint reproduces an uninterrupted run bit for bit.
+Accumulation is local: besides the running total ``base`` (one SufficientStats, d_b rows of
+C_bb/C_ba split over "model", replicated over "data"), each data-axis position keeps its own
+statistics of the rows it has seen since the last checkpoint (a SufficientStats with a leading
+``[D]`` axis sharded over "data"), and each step updates them with ``vmap(merge o
+batch_stats)``: a step needs no communication at all. Every ``checkpoint_every`` steps (and at
+the end) the local statistics are folded into ``base`` with the exact pairwise merge (one
+reduction's worth of traffic, about d_b x (d_b + d_a) floats) and reset; only ``base`` is
+checkpointed, so a checkpoint is the size of one set of statistics whatever the device count.
+The fold happens on the same schedule with or without a checkpoint directory, and a step's
+arithmetic depends only on the step number, so a run resumed from a checkpoint reproduces an
+uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
@@ -177,6 +181,12 @@ def _local_step(state_D, z_b, z_a, mask):
         state_D, z_b, z_a, mask)
 
 
+def fold(base: stats_lib.SufficientStats, local_D: stats_lib.SufficientStats):
+    """(base merged with every device's local statistics, zeroed local statistics)."""
+    return (stats_lib.merge(base, reduce_devices(local_D)),
+            jax.tree.map(jnp.zeros_like, local_D))
+
+
 def reduce_devices(state_D: stats_lib.SufficientStats) -> stats_lib.SufficientStats:
     """Pairwise (tree) merge over the leading axis: [D]-stacked statistics -> one set."""
     while state_D.n.shape[0] > 1:
@@ -237,19 +247,25 @@ class StreamingFit:
         self._step_fn = jax.jit(_local_step, in_shardings=(self.state_sh, self.rows_sh,
                                                            self.rows_sh, self.mask_sh),
                                 out_shardings=self.state_sh, donate_argnums=0)
-        self._reduce_fn = jax.jit(reduce_devices, in_shardings=(self.state_sh,),
-                                  out_shardings=stats_lib.stats_shardings(mesh, self.rules))
+        self.base_sh = stats_lib.stats_shardings(mesh, self.rules)
+        self._fold_fn = jax.jit(fold, in_shardings=(self.base_sh, self.state_sh),
+                                out_shardings=(self.base_sh, self.state_sh), donate_argnums=(0, 1))
 
     # ------------------------------------------------------------------ state
-    def abstract_state(self) -> stats_lib.SufficientStats:
+    def abstract_base(self) -> stats_lib.SufficientStats:
+        """Shapes and shardings of the running total (what a checkpoint holds)."""
+        shapes = jax.eval_shape(lambda: stats_lib.init_stats(self.plan.d_b, self.plan.d_a, jnp.float32))
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, self.base_sh)
+
+    def init_base(self) -> stats_lib.SufficientStats:
+        return stats_lib.init_stats(self.plan.d_b, self.plan.d_a, jnp.float32, sharding=self.base_sh)
+
+    def init_local(self) -> stats_lib.SufficientStats:
+        """Zero per-device statistics: a leading [D] axis over "data"."""
         d = data_size(self.mesh, self.rules)
         shapes = jax.eval_shape(lambda: stats_lib.init_stats(self.plan.d_b, self.plan.d_a, jnp.float32))
-        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct((d, *s.shape), s.dtype, sharding=sh),
-                            shapes, self.state_sh)
-
-    def init_state(self) -> stats_lib.SufficientStats:
-        abstract = self.abstract_state()
-        return jax.jit(lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract),
+        return jax.jit(lambda: jax.tree.map(lambda a: jnp.zeros((d, *a.shape), a.dtype), shapes),
                        out_shardings=self.state_sh)()
 
     def next_row(self, step: int) -> int:
@@ -264,11 +280,11 @@ class StreamingFit:
 
     def _resume(self) -> tuple[int, Any]:
         if self.ckpt is None:
-            return 0, self.init_state()
+            return 0, self.init_base()
         step = self.ckpt.latest_complete_step()
         if step is None:
-            return 0, self.init_state()
-        state, meta = self.ckpt.restore(step, self.abstract_state())
+            return 0, self.init_base()
+        state, meta = self.ckpt.restore(step, self.abstract_base())
         if meta.get("plan") != json.loads(json.dumps(self.plan.to_json())):
             raise CheckpointCorruptError(
                 f"checkpoint step {step} under {self.ckpt.directory} belongs to a different fit: "
@@ -300,27 +316,30 @@ class StreamingFit:
         return put(self.rows_sh, z_b), put(self.rows_sh, z_a), put(self.mask_sh, mask)
 
     def run(self) -> stats_lib.SufficientStats:
-        """Feeds all steps (resuming from the latest complete checkpoint) and reduces.
+        """Feeds all steps (resuming from the latest complete checkpoint), folding on schedule.
 
         Returns:
           the statistics of all rows, identical on every process (sharded per ``rules``).
         """
-        step, state = self._resume()
+        step, base = self._resume()
+        local = self.init_local()
         total = self.plan.num_steps()
         t0, last_log = time.time(), time.time()
         while step < total:
-            state = self._step_fn(state, *self._batch(step))
+            local = self._step_fn(local, *self._batch(step))
             step += 1
             if self.batch_delay_s:
-                jax.block_until_ready(state)
+                jax.block_until_ready(local)
                 time.sleep(self.batch_delay_s)
-            if self.ckpt is not None and (step % self.checkpoint_every == 0 or step == total):
-                self.ckpt.save(step, state, self._meta(step))
+            if step % self.checkpoint_every == 0 or step == total:
+                base, local = self._fold_fn(base, local)
+                if self.ckpt is not None:
+                    self.ckpt.save(step, base, self._meta(step))
             if time.time() - last_log > 10 or step == total:
                 last_log = time.time()
                 logging.info("step %d/%d (%.1f steps/s)", step, total,
                              step / max(time.time() - t0, 1e-9))
-        return self._reduce_fn(state)
+        return base
 
 
 def stats_to_host(stats: stats_lib.SufficientStats) -> dict[str, np.ndarray]:

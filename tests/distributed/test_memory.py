@@ -92,6 +92,6 @@ def test_plan_cli_writes_json_markdown_and_png(tmp_path):
                     f"--report_dir={out}"], devices=1)
     assert "mesh {'data': 2, 'model': 4} on 8 cpu devices" in proc.stdout
     plan = json.loads((out / "plan.json").read_text())
-    assert [r["name"] for r in plan["reports"]] == ["update (per step)", "reduce (once)", "solve (once)"]
+    assert [r["name"] for r in plan["reports"]] == ["update (per step)", "fold (per checkpoint)", "solve (once)"]
     assert "| update (per step) |" in (out / "plan.md").read_text()
     assert (out / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
