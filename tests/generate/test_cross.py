@@ -149,3 +149,22 @@ def test_bad_arguments():
         cross.generate_from_hidden(model, lambda h: h, model, "abc", max_new_tokens=0)
     with pytest.raises(ValueError, match="no source tokens"):
         cross.generate_from_hidden(model, lambda h: h, model, "", max_new_tokens=3)
+
+
+@pytest.mark.slow
+def test_real_smollm2_through_identity_map_answers_like_native():
+    """SmolLM2 as both source and target, identity map: the cross path (decode with the target
+    tokenizer, re-encode with the source tokenizer) must reproduce native greedy decoding."""
+    from linalign import assets
+    from linalign.checkpoints.gguf import read_gguf
+
+    cfg, tensors, tok = read_gguf(assets.path("smollm2-135m-instruct"))
+    config = llama.Config.from_hf_config(cfg)
+    model = LoadedModel(name="smollm2", family="llama", config=config, module=llama.Model(config),
+                        params=llama.convert_params(tensors, config), tokenizer=tok, is_causal=True)
+    got = cross.generate_from_hidden(model, lambda h: h, model, "What is the capital of France?",
+                                     max_new_tokens=20, chat=True)
+    native = decode.generate_text(model, ["What is the capital of France?"], max_new_tokens=20, chat=True)[0]
+    assert got.text == native
+    assert got.text.strip() == "The capital of France is Paris."
+    assert got.finish_reason == "eos"
