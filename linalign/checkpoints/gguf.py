@@ -139,9 +139,6 @@ def hf_config_from_metadata(meta: dict, tensor_names: set[str]) -> dict:
     vocab = meta.get(f"{arch}.vocab_size") or meta.get("tokenizer.ggml.tokens")
     if vocab is None:
         raise CheckpointError("GGUF metadata gives no vocabulary size")
-    if "rope_freqs.weight" in tensor_names:
-        raise UnsupportedConfigError("GGUF carries a rope_freqs tensor (Llama 3.1-style RoPE scaling stored as "
-                                     "per-frequency factors); not supported yet")
     cfg: dict[str, Any] = {
         "model_type": ARCHITECTURES[arch],
         "vocab_size": int(vocab),
@@ -186,6 +183,30 @@ def hf_config_from_metadata(meta: dict, tensor_names: set[str]) -> dict:
     return cfg
 
 
+def llama3_rope_from_factors(factors: np.ndarray, head_dim: int, theta: float) -> dict:
+    """Recovers Llama 3.x ``rope_parameters`` from llama.cpp's ``rope_freqs`` tensor.
+
+    llama.cpp stores Llama 3.1 RoPE scaling only as per-frequency divisors. The published
+    Llama 3.x models use low/high frequency factors 1 and 4 over an original context of 8192 with
+    a factor of 8 (3.1) or 32 (3.2); the candidate that reproduces the tensor is returned.
+
+    Raises:
+      UnsupportedConfigError: no candidate reproduces the stored factors.
+    """
+    from linalign.models import rope as rope_lib
+
+    base = rope_lib.inv_freq_and_scale(rope_lib.RopeSpec("default", theta), head_dim, 8192)[0]
+    for factor in (8.0, 16.0, 32.0, 4.0, 2.0):
+        params = {"rope_type": "llama3", "rope_theta": theta, "factor": factor, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        spec = rope_lib.RopeSpec.from_hf(params, theta, "gguf")
+        scaled = rope_lib.inv_freq_and_scale(spec, head_dim, 8192)[0]
+        if factors.shape == base.shape and np.allclose(base / scaled, factors, rtol=1e-3, atol=0):
+            return params
+    raise UnsupportedConfigError("GGUF rope_freqs tensor matches no Llama 3.x RoPE scaling "
+                                 "(factor 2-32, low 1, high 4, original context 8192)")
+
+
 def _hf_name(gguf_name: str, arch: str) -> Optional[str]:
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
     if m:
@@ -203,6 +224,8 @@ def read_tensors(reader, hf_cfg: dict, arch: str) -> dict[str, np.ndarray]:
 
     out: dict[str, np.ndarray] = {}
     for t in reader.tensors:
+        if t.name == "rope_freqs.weight":  # folded into the config by read_gguf
+            continue
         name = _hf_name(t.name, arch)
         if name is None:
             raise CheckpointError(f"GGUF tensor {t.name!r} has no Hugging Face counterpart in the {arch} table")
@@ -261,6 +284,16 @@ def read_gguf(path, with_tokenizer: bool = True):
     names = {t.name for t in reader.tensors}
     cfg = hf_config_from_metadata(meta, names)
     arch = meta["general.architecture"]
+    if "rope_freqs.weight" in names:
+        import gguf
+
+        t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+        factors = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32).reshape(-1)
+        if cfg["rope_parameters"]["rope_type"] != "default" or arch not in ("llama", "mistral"):
+            raise UnsupportedConfigError(f"GGUF: rope_freqs tensor together with {cfg['rope_parameters']} "
+                                         f"on {arch} is not supported")
+        cfg["rope_parameters"] = llama3_rope_from_factors(factors, cfg["head_dim"],
+                                                          cfg["rope_parameters"]["rope_theta"])
     tensors = read_tensors(reader, cfg, arch)
     name = str(meta.get("general.name") or pathlib.Path(path).stem)
     cfg["_name_or_path"] = name

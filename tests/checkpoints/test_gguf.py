@@ -175,3 +175,51 @@ def test_gemma3_gguf_norm_offset_and_config(tmp_path):
     for name, ref in tensors.items():
         # Norms went through +1 on write and -1 on read in float32: equal to rounding.
         np.testing.assert_allclose(g_tensors[name], ref, rtol=0, atol=1e-7, err_msg=name)
+
+
+def test_llama3_rope_freqs_tensor_becomes_llama3_rope(tmp_path):
+    """llama.cpp stores Llama 3.1 scaling as a rope_freqs tensor; the reader folds it into the config."""
+    import math
+
+    torch.manual_seed(0)
+    rope = dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                original_max_position_embeddings=8192, rope_theta=500000.0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=256, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=131072, rope_parameters=rope)).eval()
+    cfg, tensors = save_tiny(hf, tmp_path / "hf")
+    # llama.cpp's convert_hf_to_gguf formula for the stored factors.
+    freqs = 1.0 / (500000.0 ** (np.arange(0, 128, 2) / 128))
+    factors = []
+    for f in freqs:
+        wavelen = 2 * math.pi / f
+        if wavelen < 8192 / 4.0:
+            factors.append(1.0)
+        elif wavelen > 8192 / 1.0:
+            factors.append(32.0)
+        else:
+            smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
+            factors.append(1 / ((1 - smooth) / 32.0 + smooth))
+    assert len(set(np.round(factors, 3))) > 3  # all three regimes present
+    path = tmp_path / "l3.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for fn, v in (("add_block_count", 1), ("add_context_length", 131072), ("add_embedding_length", 256),
+                  ("add_feed_forward_length", 64), ("add_head_count", 2), ("add_head_count_kv", 1),
+                  ("add_layer_norm_rms_eps", cfg["rms_norm_eps"]), ("add_vocab_size", 64),
+                  ("add_rope_dimension_count", 128), ("add_rope_freq_base", 500000.0)):
+        getattr(w, fn)(v)
+    w.add_tensor("rope_freqs.weight", np.asarray(factors, np.float32))
+    for name, t in tensors.items():
+        t = np.asarray(t, np.float32)
+        if name.endswith("q_proj.weight"):
+            t = gguf_ckpt.permute_qk(t, 2)
+        if name.endswith("k_proj.weight"):
+            t = gguf_ckpt.permute_qk(t, 1)
+        w.add_tensor(gguf_name(name, "llama"), t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    g_cfg, g_tensors, _ = gguf_ckpt.read_gguf(path, with_tokenizer=False)
+    assert llama.Config.from_hf_config(g_cfg).rope == llama.Config.from_hf_config(cfg).rope
+    assert set(g_tensors) == set(tensors)
