@@ -57,7 +57,7 @@ class Tokenizer:
     """A ``tokenizers.Tokenizer`` plus special-token ids, padding and chat template.
 
     Args:
-      hf_tokenizer: a ``tokenizers.Tokenizer`` (copied; the caller's object is not modified).
+      hf_tokenizer: a ``tokenizers.Tokenizer``; the wrapper takes it over (do not share it).
       bos_id / eos_id / pad_id: special token ids (None when the vocabulary has none; padding
         falls back to eos, then 0, since padded positions are masked out anyway).
       add_bos: prepend ``bos_id`` when ``add_special_tokens`` and the tokenizer's own
@@ -73,9 +73,9 @@ class Tokenizer:
                  pad_id: Optional[int], add_bos: bool, chat_template: Optional[str], name: str,
                  model_max_length: Optional[int] = None, padding_side: str = "right",
                  bos_token: Optional[str] = None, eos_token: Optional[str] = None):
-        import tokenizers
-
-        self._hf = tokenizers.Tokenizer.from_str(hf_tokenizer.to_str())
+        # The wrapper owns ``hf_tokenizer`` from here on (it switches its truncation setting);
+        # not copying matters for 262k-token vocabularies, where a copy takes seconds.
+        self._hf = hf_tokenizer
         self._hf.no_padding()
         self._hf.no_truncation()
         self._trunc_len: Optional[int] = None
