@@ -114,7 +114,8 @@ def main(argv):
 
     # float64 reference solution from float64 statistics of the same float32 data.
     w_ref, _ = fit_numpy_streaming(z_b.astype(np.float64), z_a.astype(np.float64), lam, 20000)
-    print("\nend to end (median of %d, first-call compile %.2f s not included):" % (FLAGS.reps, t_compile))
+    print("\nend to end (median of %d; a %.2f s warm-up fit on %d rows, which compiles, not included):"
+          % (FLAGS.reps, t_compile, 2 * batch + 7))
     for k in names:
         print(f"  {k:16s} {med[k]:7.2f} s   rel. error of W vs float64: {rel_err(results[k][0], w_ref):.2e}")
     if FLAGS.sklearn:

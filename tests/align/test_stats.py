@@ -146,3 +146,14 @@ def test_float32_streamed_stats_accurate_at_mean_1000():
     for lo, hi in ((0, 5), (5, 1900), (1900, 5000)):
         acc.add(z_b[lo:hi], z_a[lo:hi])
     _assert_stats_close(acc.stats, _ref(z_b, z_a), rtol=1e-5, atol_scale=2e-6)
+
+
+def test_device_array_inputs_and_small_chunks_match_numpy_path():
+    z_b, z_a = _data(n=500)
+    acc_np = align.Accumulator(z_b.shape[1], z_a.shape[1])
+    acc_np.add(z_b, z_a)
+    acc_dev = align.Accumulator(z_b.shape[1], z_a.shape[1], chunk_rows=64)
+    acc_dev.add(jnp.asarray(z_b[:300]), jnp.asarray(z_a[:300]))
+    acc_dev.add(jnp.asarray(z_b[300:]), jnp.asarray(z_a[300:]))
+    ref = {k: np.asarray(v, np.float64) for k, v in align.stats_to_numpy(acc_np.stats).items()}
+    _assert_stats_close(acc_dev.stats, ref, rtol=1e-5, atol_scale=1e-5)
