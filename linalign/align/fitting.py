@@ -12,15 +12,13 @@ import math
 import os
 import pathlib
 import shutil
+import sys
 import time
 import uuid
 from typing import Optional, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
-
-import sys
 
 import linalign.align.solve  # noqa: F401  (the package re-exports a function of the same name)
 from linalign.align.affine_map import AffineMap, MapMetadata

@@ -20,8 +20,7 @@ centred per batch, add only a few eps). ``RidgePath.error_bound(lam)`` returns
 
 from __future__ import annotations
 
-import functools
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +61,7 @@ def _singular_msg(lam, s_min, s_max, d, dtype) -> str:
             f"{s_max:.3g} at most), or accumulate in float64")
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def _chol_solve(c_bb, c_ba, mean_b, mean_a, lam):
     d = c_bb.shape[0]
     a = c_bb + lam * jnp.eye(d, dtype=c_bb.dtype)

@@ -10,15 +10,18 @@ Everything the closed-form fit needs is a handful of moments of the paired embed
   ss_a [d_a]        centred sum of squares of the target, per column (diagonal of C_aa);
                     cheap, and it gives training R^2 and GCV without another pass
 
-Numerics: each batch is centred on its own mean before the products are formed, and batches
-are combined with Chan et al.'s pairwise update (the matrix form of Welford's algorithm):
+Numerics: each batch's products are formed about a shift close to its mean (the running mean
+of the rows before it; the first batch uses its own mean), corrected to its exact mean, and
+batches are combined with Chan et al.'s pairwise update (the matrix form of Welford's
+algorithm):
 
   n = n1 + n2,  delta = mean2 - mean1,  mean = mean1 + delta * n2 / n
   C = C1 + C2 + (n1 n2 / n) delta_b^T delta_a
 
 which is exact in exact arithmetic and keeps float32 accurate when the data's mean is far
 from zero (forming Z^T Z and subtracting n mu mu^T would lose about log10(mu^2/var) digits).
-``merge`` is the same update, so statistics from separate workers combine exactly.
+``merge`` is the same update, so statistics from separate workers combine exactly. Running
+means are carried in compensated (hi + lo) form; see ``_merge_parts``.
 
 Sharding: ``Accumulator`` takes an optional ``jax.sharding.Mesh``; batch rows are split over
 the rules' ``batch`` mesh axis and reduced by the compiler, and the d_b rows of C_bb / C_ba
@@ -34,7 +37,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from linalign.align import sharding as shd
 from linalign.align.validate import AlignInputError, check_pair
