@@ -28,7 +28,7 @@ from linalign.align.validate import AlignInputError
 
 solve_lib = sys.modules["linalign.align.solve"]
 
-CKA_MAX_ROWS = 20000
+EVAL_MAX_ROWS = 20000
 
 
 @dataclasses.dataclass
@@ -85,6 +85,8 @@ def fit_sources(src: EmbeddingSource, tgt: EmbeddingSource, *, lam: Optional[flo
         raise AlignInputError(f"only {n - int(is_val.sum())} training rows; need at least 2")
     acc = Accumulator(src.dim, tgt.dim, mesh=mesh)
     val_b, val_a = [], []
+    # The first training rows (up to EVAL_MAX_ROWS) are kept for the training cosine and CKA.
+    tr_b, tr_a, n_tr = [], [], 0
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -97,6 +99,11 @@ def fit_sources(src: EmbeddingSource, tgt: EmbeddingSource, *, lam: Optional[flo
             raise AlignInputError(f"sources went out of step at row {row}")
         v = is_val[row:row + m]
         acc.add(zb, za, mask=~v)
+        if n_tr < EVAL_MAX_ROWS:
+            keep = np.flatnonzero(~v)[:EVAL_MAX_ROWS - n_tr]
+            tr_b.append(np.asarray(zb[keep], np.float32))
+            tr_a.append(np.asarray(za[keep], np.float32))
+            n_tr += len(keep)
         if v.any():
             val_b.append(np.asarray(zb[v], np.float32))
             val_a.append(np.asarray(za[v], np.float32))
@@ -146,16 +153,16 @@ def fit_sources(src: EmbeddingSource, tgt: EmbeddingSource, *, lam: Optional[flo
         "rows_per_second": n / max(t_acc, 1e-9),
     }
     from linalign import metrics
+    tr_b, tr_a = np.concatenate(tr_b), np.concatenate(tr_a)
+    report["train"].update(rows_for_cosine=int(len(tr_b)),
+                           cosine=amap.evaluate(tr_b, tr_a)["cosine"])
     if zb_val is not None:
         report["val"] = amap.evaluate(zb_val, za_val)
-        cka_b, cka_a = zb_val[:CKA_MAX_ROWS], za_val[:CKA_MAX_ROWS]
+        # CKA on held-out rows when there are any, else on the kept training rows.
+        cka_b, cka_a, where = zb_val[:EVAL_MAX_ROWS], za_val[:EVAL_MAX_ROWS], "held-out"
     else:
-        sample = min(n, CKA_MAX_ROWS)
-        cka_b = next(src.iter_batches(sample)).astype(np.float32)
-        cka_a = next(tgt.iter_batches(sample)).astype(np.float32)
-        # Without held-out rows, the cosine is measured on the first training rows.
-        report["train"]["cosine_first_rows"] = amap.evaluate(cka_b, cka_a)["cosine"]
-    report["cka"] = {"rows": int(len(cka_b)),
+        cka_b, cka_a, where = tr_b, tr_a, "train"
+    report["cka"] = {"rows": int(len(cka_b)), "on": where,
                      "source_vs_target": float(metrics.linear_cka(cka_b, cka_a)),
                      "mapped_vs_target": float(metrics.linear_cka(np.asarray(amap(cka_b)), cka_a))}
     meta.extra.update({"lambda_selection": selection, "train_r2": report["train"]["r2"],
@@ -185,11 +192,13 @@ def _markdown(report: dict) -> str:
             ("target", f"{report['target_model']} (d={report['d_a']})"),
             ("rows train / held-out", f"{report['n_train']} / {report['n_val']}"),
             ("lambda", f"{report['lambda']:.4g} ({report['lambda_selection']})"),
-            ("train R^2", f"{report['train']['r2']:.4f}")]
+            ("train R^2", f"{report['train']['r2']:.4f}"),
+            ("train cosine", f"{report['train']['cosine']:.4f}")]
     if "val" in report:
         rows += [("held-out R^2", f"{report['val']['r2']:.4f}"),
                  ("held-out cosine", f"{report['val']['cosine']:.4f}")]
-    rows += [("CKA source vs target", f"{report['cka']['source_vs_target']:.4f}"),
+    rows += [(f"CKA source vs target ({report['cka']['on']})",
+              f"{report['cka']['source_vs_target']:.4f}"),
              ("CKA mapped vs target", f"{report['cka']['mapped_vs_target']:.4f}")]
     return "| quantity | value |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
 

@@ -111,3 +111,16 @@ def test_mismatched_rows_and_bad_files(tmp_path):
         open_embeddings(tmp_path / "i.npy")
     with pytest.raises(FileNotFoundError):
         open_embeddings(tmp_path / "none.npy")
+
+
+def test_report_train_metrics_without_holdout(tmp_path):
+    z_b, z_a = _pair(n=400)
+    np.save(tmp_path / "b.npy", z_b)
+    np.save(tmp_path / "a.npy", z_a)
+    res = fitting.fit_sources(open_embeddings(tmp_path / "b.npy"), open_embeddings(tmp_path / "a.npy"),
+                              lam_grid=[0.1, 10.0, 1000.0], val_fraction=0.0, progress=False)
+    assert res.report["lambda_selection"] == "GCV" and "val" not in res.report
+    direct = res.map.evaluate(z_b, z_a)
+    np.testing.assert_allclose(res.report["train"]["cosine"], direct["cosine"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.report["train"]["r2"], direct["r2"], rtol=1e-4, atol=1e-5)
+    assert res.report["cka"]["on"] == "train"
