@@ -226,8 +226,9 @@ class StreamingFit:
             raise FitInputError(f"inputs {source_path} and {target_path} hold no rows")
         self.mesh, self.rules = mesh, rules or shd.ShardingRules()
         self.pid, self.nproc = jax.process_index(), jax.process_count()
-        self.first_shard, self.local_shards = runtime.local_data_shards(mesh, "data") \
-            if "data" in mesh.axis_names else (0, 1)
+        if "data" not in mesh.axis_names:
+            raise ValueError(f"mesh {dict(mesh.shape)} has no 'data' axis to split rows over")
+        self.first_shard, self.local_shards = runtime.local_data_shards(mesh, "data")
         if batch_per_process <= 0 or batch_per_process % self.local_shards:
             raise ValueError(f"batch_per_process={batch_per_process} must be a positive multiple of "
                              f"this process's {self.local_shards} data-axis devices")
@@ -376,11 +377,12 @@ def write_outputs(out_dir: str, stats_np: dict, lam: float, plan: FitPlan,
 
 
 def finish(fit: StreamingFit, stats: stats_lib.SufficientStats, out_dir: str, lam: float) -> dict:
-    """Gathers the statistics to every host, solves (process 0) and writes the outputs.
+    """Gathers the statistics to every host, solves, and writes the outputs (process 0).
 
-    The solve runs on one device from host copies, through ``linalign.align.solve.solve`` (its
-    singularity checks included); ``memory.solve_sharded`` is the model-axis-split variant for
-    widths whose factorisation does not fit next to the statistics on one device.
+    The solve runs on one device of each process from host copies, through
+    ``linalign.align.solve.solve`` (its singularity checks included); ``memory.solve_sharded``
+    is the model-axis-split variant for widths whose factorisation does not fit next to the
+    statistics on one device.
 
     Returns:
       the host statistics (same on every process).
@@ -388,11 +390,13 @@ def finish(fit: StreamingFit, stats: stats_lib.SufficientStats, out_dir: str, la
     from linalign.align.solve import solve as ridge_solve
 
     stats_np = stats_to_host(stats)
+    # Every process solves (cheap next to the fit, and deterministic) so that a singular system
+    # fails on all of them at once instead of leaving the others waiting at the barrier.
+    local = stats_lib.from_moments(*(stats_np[k] for k in ("n", "mean_b", "mean_a", "c_bb",
+                                                            "c_ba", "ss_a")))
+    w_ba, b_a = ridge_solve(local, lam)
+    write_outputs(out_dir, stats_np, lam, fit.plan, np.asarray(w_ba), np.asarray(b_a))
     if jax.process_index() == 0:
-        local = stats_lib.from_moments(*(stats_np[k] for k in ("n", "mean_b", "mean_a", "c_bb",
-                                                                "c_ba", "ss_a")))
-        w_ba, b_a = ridge_solve(local, lam)
-        write_outputs(out_dir, stats_np, lam, fit.plan, np.asarray(w_ba), np.asarray(b_a))
         logging.info("fit of %d rows written to %s", int(stats_np["n"]), out_dir)
     multihost_utils.sync_global_devices("linalign_fit_outputs")
     return stats_np

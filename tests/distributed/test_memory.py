@@ -22,7 +22,7 @@ def _mesh(spec):
 
 
 def test_fit_plan_matches_analytic_bytes_and_model_axis_splits_state():
-    d_b, d_a, rows = 1024, 512, 64
+    d_b, d_a, rows = 512, 256, 64
     split = memory.plan_fit(d_b, d_a, rows, _mesh("data=2,model=4"))
     state = memory.fit_state_bytes_per_device(d_b, d_a, model=4)
     batch = rows * (d_b + d_a) * 4 + rows  # float32 rows + bool mask, per device
