@@ -44,6 +44,7 @@ flags.DEFINE_integer("fit_columns", 4, "Fitting: columns of Z_B actually run (0 
 flags.DEFINE_bool("skip_fit", False, "Skip the fitting phase.")
 flags.DEFINE_bool("quick", False, "Small grid: d 384,768; K 2,5; n 4096; 2 fit columns; 6 queries.")
 flags.DEFINE_string("out", "results/bench_fhe", "Output directory.")
+flags.DEFINE_bool("plot_only", False, "Re-render results.md and results.png from --out/results.json.")
 
 
 def _write(path: pathlib.Path, text: str) -> None:
@@ -332,16 +333,17 @@ def _plot(infer: list[dict], path: pathlib.Path) -> None:
 
     ks = sorted({r["k"] for r in infer})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in dict.fromkeys(r["backend"] for r in infer):
-        for k, style in zip(ks, ["-", "--", ":"]):
+    for b, name in enumerate(dict.fromkeys(r["backend"] for r in infer)):
+        color = f"C{b}"  # one colour per backend, one line style per K
+        for k, style in zip(ks, ["-", "--", ":", "-."]):
             pts = [(r["d"], r) for r in infer if r["backend"] == name and r["k"] == k and "eval_ms" in r]
             if not pts:
                 continue
             ds = [p[0] for p in pts]
             axes[0].plot(ds, [p[1]["encrypt_ms"] + p[1]["eval_ms"] + p[1]["decrypt_ms"] for p in pts],
-                         style, marker="o", label=f"{name} K={k}")
-            axes[1].plot(ds, [(p[1]["up_bytes"] + p[1]["down_bytes"]) / 1e3 for p in pts], style, marker="o",
-                         label=f"{name} K={k}")
+                         style, color=color, marker="o", label=f"{name} K={k}")
+            axes[1].plot(ds, [(p[1]["up_bytes"] + p[1]["down_bytes"]) / 1e3 for p in pts], style,
+                         color=color, marker="o", label=f"{name} K={k}")
     for ax, lab in zip(axes, ["client enc + provider eval + client dec (ms)", "bytes per query (KB)"]):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -361,6 +363,11 @@ def main(argv):
         FLAGS.fit_columns, FLAGS.queries = 2, 6
     out = pathlib.Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
+    if FLAGS.plot_only:
+        res = json.loads((out / "results.json").read_text())
+        _write(out / "results.md", _markdown(res["inference"], res["fitting"], res["meta"]))
+        _plot(res["inference"], out / "results.png")
+        return
     import sys
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
