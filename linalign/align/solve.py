@@ -55,10 +55,12 @@ def _rank_tol(d: int, dtype) -> float:
 
 
 def _singular_msg(lam, s_min, s_max, d, dtype) -> str:
+    tol = _rank_tol(d, dtype)
     return (f"C_bb + lam*I is numerically singular in {jnp.dtype(dtype).name} at lam={lam:g}: "
-            f"eigenvalues range [{s_min:.3g}, {s_max:.3g}] (after adding lam), ratio below "
-            f"d_b*eps={_rank_tol(d, dtype):.2g}; increase lam (scale of C_bb: mean eigenvalue "
-            f"{s_max:.3g} at most), or accumulate in float64")
+            f"its eigenvalues span [{s_min:.3g}, {s_max:.3g}] (lam included), a ratio below "
+            f"d_b*eps={tol:.2g}, so the smallest directions are rounding noise. Use "
+            f"lam >= {10 * tol * s_max:.3g} (10 * d_b * eps * largest eigenvalue), or accumulate "
+            "in float64")
 
 
 @jax.jit
@@ -107,9 +109,13 @@ def solve(stats: SufficientStats, lam: float, method: str = "cholesky"):
             f"{jnp.dtype(stats.dtype).name}); increase lam")
     lb = (np.max(diag) / np.min(diag)) ** 2
     if lb * _rank_tol(stats.d_b, stats.dtype) > 1:
+        # The trace bounds the largest eigenvalue from above, so the suggested lam suffices.
+        s_max = float(jnp.trace(stats.c_bb)) + lam
         raise SingularSystemError(
-            f"C_bb + lam*I is numerically singular at lam={lam:g}: condition number >= {lb:.3g} "
-            f"exceeds 1/(d_b*eps)={1 / _rank_tol(stats.d_b, stats.dtype):.3g}; increase lam")
+            f"C_bb + lam*I is numerically singular in {jnp.dtype(stats.dtype).name} at "
+            f"lam={lam:g}: condition number >= {lb:.3g} exceeds 1/(d_b*eps)="
+            f"{1 / _rank_tol(stats.d_b, stats.dtype):.3g}. Use lam >= "
+            f"{10 * _rank_tol(stats.d_b, stats.dtype) * s_max:.3g}, or accumulate in float64")
     if not (np.all(np.isfinite(np.asarray(w))) and np.all(np.isfinite(np.asarray(b)))):
         raise SingularSystemError(f"ridge solve produced non-finite values at lam={lam:g}")
     return w, b

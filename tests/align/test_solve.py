@@ -156,3 +156,16 @@ def test_train_r2_from_stats_matches_direct():
     np.testing.assert_allclose(align.train_r2(s, w, np.asarray(b) + 1.0),
                                1 - (np.sum((pred + 1 - z_a) ** 2)) / np.sum(yc.astype(np.float64) ** 2),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_singular_error_suggests_a_lambda_that_works():
+    z_b, z_a = _problem(n=400, d_b=10)
+    z_b[:, 3] = 2 * z_b[:, 1] - z_b[:, 7]
+    s = align.from_arrays(z_b.astype(np.float32), z_a.astype(np.float32))
+    import re
+    for method in ("cholesky", "eigh"):
+        with pytest.raises(align.SingularSystemError) as e:
+            align.solve(s, 0.0, method=method)
+        lam = float(re.search(r"lam >= ([0-9.e+-]+)", str(e.value)).group(1))
+        w, _ = align.solve(s, lam, method=method)
+        assert np.all(np.isfinite(np.asarray(w)))
