@@ -11,7 +11,8 @@
 #
 # Each process gets LINALIGN_COORDINATOR=127.0.0.1:<free port>, LINALIGN_NUM_PROCESSES,
 # LINALIGN_PROCESS_ID, JAX_PLATFORMS=cpu and XLA_FLAGS=--xla_force_host_platform_device_count=M.
-# Output goes to LOG_DIR/process_<i>.log (printed, prefixed, when all are done). If any process
+# Output goes to LOG_DIR/process_<i>.log (printed, prefixed, when all are done) and each
+# process's pid to LOG_DIR/process_<i>.pid. If any process
 # fails, the others are stopped and the script exits with the failing process's status.
 set -uo pipefail
 
@@ -54,6 +55,7 @@ for ((i = 0; i < nproc_; i++)); do
   JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$ndev" \
     "$@" >"$log_dir/process_$i.log" 2>&1 &
   pids+=("$!")
+  echo "$!" >"$log_dir/process_$i.pid"
 done
 echo "local_cpu.sh: $nproc_ processes x $ndev CPU devices, coordinator 127.0.0.1:$port, logs in $log_dir" >&2
 

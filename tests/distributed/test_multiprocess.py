@@ -102,3 +102,39 @@ def test_sigkill_mid_stream_then_resume_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)
     ma, mb = load_npz(clean / "map.npz"), load_npz(out / "map.npz")
     np.testing.assert_array_equal(mb["W"], ma["W"])
+
+
+@pytest.mark.slow
+def test_two_process_fit_survives_sigkill_of_one_process(tmp_path):
+    """One of two processes is SIGKILLed: the launcher stops the other and fails; the same
+    command started again resumes both from the last complete checkpoint, bit-identically."""
+    src, tgt, _, _ = _write_pair(tmp_path)
+    env = cli_env(4)
+    env["PYTHON"] = sys.executable
+    args = ["--batch_size=16", "--mesh=data=4,model=2", "--checkpoint_every=4"]
+
+    def launch(out, logs, *extra):
+        return ["bash", str(LAUNCH), "-n", "2", "-m", "4", "-t", "300", "-l", str(tmp_path / logs),
+                "--", *fit_cmd(src, tgt, tmp_path / out, *args, *extra)]
+
+    clean = subprocess.run(launch("clean", "lc"), env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=360)
+    assert clean.returncode == 0, clean.stdout[-3000:]
+    run = subprocess.Popen(launch("killed", "lk", "--batch_delay_s=0.2"), env=env, cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_manifests(tmp_path / "killed" / "checkpoints")) < 2:
+        assert run.poll() is None, "the launcher ended before a checkpoint was written"
+        time.sleep(0.1)
+    os.kill(int((tmp_path / "lk" / "process_1.pid").read_text()), signal.SIGKILL)
+    assert run.wait(timeout=120) == 128 + signal.SIGKILL  # the launcher reports the killed process
+    done = _manifests(tmp_path / "killed" / "checkpoints")
+    assert done[-1] < 32 and not (tmp_path / "killed" / "stats.npz").exists()
+
+    again = subprocess.run(launch("killed", "lr"), env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=360)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "process 1 resumes at step" in again.stdout
+    a, b = load_npz(tmp_path / "clean" / "stats.npz"), load_npz(tmp_path / "killed" / "stats.npz")
+    for k in a:
+        np.testing.assert_array_equal(b[k], a[k], err_msg=k)
