@@ -4,7 +4,6 @@ import json
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,7 +11,7 @@ from linalign.align.solve import solve
 from linalign.align.stats import from_arrays
 from linalign.distributed import memory, runtime
 
-from conftest import REPO, make_pair, run_cli
+from conftest import make_pair, run_cli
 
 LLAMA3_8B_PARAMS = 8_030_261_248  # Meta-Llama-3-8B, embeddings and untied LM head included
 

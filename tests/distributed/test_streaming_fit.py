@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from linalign.distributed import runtime
 from linalign.distributed import streaming_fit as sf
 from linalign.distributed.checkpointing import CheckpointCorruptError, FitCheckpointer
 
-from conftest import make_pair, reference_stats
+from conftest import reference_stats
 
 # float32 statistics of centred data against a float64 reference: the error grows with the
 # number of merged batches and the data's scale, a few float32 ulps of the largest entry.
