@@ -323,6 +323,10 @@ def from_arrays(z_b, z_a, mask=None, dtype=jnp.float32, batch_size: Optional[int
     return acc.stats
 
 
+CPU_CHUNK_ROWS = 2048
+ACCEL_CHUNK_ROWS = 65536
+
+
 class Accumulator:
     """Streams batches into SufficientStats, on one device or over a mesh.
 
@@ -334,8 +338,9 @@ class Accumulator:
       rules: ShardingRules (default: batch->"data", feat_b->"model").
       dtype: accumulator dtype.
       check_finite: scan each batch on the host for NaN/Inf (names the first bad row).
-      chunk_rows: rows per device step (per data-axis shard on a mesh); larger batches are
-        split and merged exactly. Small steps keep each step's temporaries (the centred
+      chunk_rows: rows per step over all devices (rounded up to a multiple of the data-axis
+        size); larger batches are split and merged exactly. Default: 2048 on CPU, 65536 on
+        accelerators. Small steps keep each step's temporaries (the centred
         batch) below glibc's 32 MB mmap threshold, so the allocator reuses them instead of
         page-faulting fresh memory every step; on CPU that was ~20-30% of a step at
         8192 x (768 + 1024) float32 rows (see docs/notes/align.md).
@@ -348,12 +353,15 @@ class Accumulator:
 
     def __init__(self, d_b: int, d_a: int, mesh: Optional[Mesh] = None,
                  rules: Optional[shd.ShardingRules] = None, dtype=jnp.float32,
-                 check_finite: bool = True, chunk_rows: int = 2048):
+                 check_finite: bool = True, chunk_rows: Optional[int] = None):
         self.d_b, self.d_a = d_b, d_a
         self.mesh = mesh
         self.rules = rules or shd.ShardingRules()
         self.dtype = jnp.dtype(dtype)
         self.check_finite = check_finite
+        if chunk_rows is None:
+            platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+            chunk_rows = CPU_CHUNK_ROWS if platform == "cpu" else ACCEL_CHUNK_ROWS
         if chunk_rows <= 0:
             raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
         self.chunk_rows = int(chunk_rows)
@@ -395,16 +403,21 @@ class Accumulator:
                                         row_offset=self.rows_seen)
         m = int(z_b.shape[0])
         self.rows_seen += m
-        step = self.chunk_rows * self._row_multiple
+        step = self._step_rows
         for i in range(0, m, step):
             self._add_chunk(z_b[i:i + step], z_a[i:i + step], None if mask is None else mask[i:i + step])
         return self
+
+    @property
+    def _step_rows(self) -> int:
+        """Rows per compiled step: chunk_rows rounded up to a multiple of the data axis."""
+        return -(-self.chunk_rows // self._row_multiple) * self._row_multiple
 
     def _add_chunk(self, z_b, z_a, mask) -> None:
         m = int(z_b.shape[0])
         # Every step has the same shape (short chunks are padded with masked rows), so one
         # compiled update serves a whole stream, whatever its batch sizes.
-        pad = self.chunk_rows * self._row_multiple - m
+        pad = self._step_rows - m
         mask = np.ones((m,), np.bool_) if mask is None else np.asarray(mask).astype(np.bool_)
         if pad:
             xp = jnp if isinstance(z_b, jax.Array) else np
