@@ -155,3 +155,14 @@ def test_outputs_and_load_map(tmp_path, pair_files):
     np.testing.assert_allclose(np.asarray(m.w), w_ref, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(np.asarray(m.b), ref["mean_a"] - ref["mean_b"] @ w_ref, rtol=1e-3, atol=1e-3)
     assert json.loads((out / "fit.json").read_text())["n"] == int(stats_np["n"]) == 600
+
+
+def test_steps_make_no_hidden_host_device_copies(pair_files):
+    import jax
+    src, tgt, z_b, z_a = pair_files
+    fit = _fit(src, tgt)
+    # Batches go to the devices explicitly (make_array_from_process_local_data); anything
+    # implicit (a numpy array or Python scalar slipping into a jitted call) would raise here.
+    with jax.transfer_guard("disallow"):
+        stats = fit.run()
+    assert int(sf.stats_to_host(stats)["n"]) == len(z_b)
