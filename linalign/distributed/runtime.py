@@ -66,8 +66,8 @@ def resolve_cluster(coordinator_address: Optional[str] = None,
                     env: Optional[Mapping[str, str]] = None) -> ClusterSpec:
     """Decides how to join the job, without side effects (so it can be tested).
 
-    Precedence: explicit arguments, then ``LINALIGN_*`` variables, then a detected SLURM job
-    with more than one task, then a TPU pod (only when asked for with cluster="tpu" or
+    Precedence: explicit arguments, then ``LINALIGN_*`` variables, then an srun step of a SLURM
+    job with more than one task, then a TPU pod (only when asked for with cluster="tpu" or
     ``LINALIGN_CLUSTER=tpu``: a TPU VM's metadata cannot be probed cheaply and a single-host
     TPU VM needs no initialization), else a single process.
 
@@ -103,7 +103,10 @@ def resolve_cluster(coordinator_address: Optional[str] = None,
         if ":" not in coord:
             raise ValueError(f"coordinator address {coord!r} must be host:port")
         return ClusterSpec("explicit", coord, nproc, pid, devs)
+    # SLURM_STEP_NODELIST is set only inside an srun step: a batch script or salloc shell (one
+    # process, nobody to wait for) must not join a job that has no other tasks.
     if cluster == "slurm" or (cluster == "auto" and "SLURM_JOB_ID" in env
+                              and "SLURM_STEP_NODELIST" in env
                               and (_env_int(env, "SLURM_NTASKS") or 1) > 1):
         return ClusterSpec("slurm", local_device_ids=devs)
     if cluster == "tpu":

@@ -34,10 +34,13 @@ def test_bad_explicit_settings_are_refused(env, match):
 
 
 def test_slurm_multi_task_job_uses_jax_detector():
-    env = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "8", "SLURM_PROCID": "3", "SLURM_NODELIST": "gpu[01-02]"}
+    env = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "8", "SLURM_PROCID": "3",
+           "SLURM_STEP_NODELIST": "gpu[01-02]"}
     assert runtime.resolve_cluster(env=env).kind == "slurm"
-    # A single-task allocation is just one process.
-    assert runtime.resolve_cluster(env={"SLURM_JOB_ID": "77", "SLURM_NTASKS": "1"}).kind == "none"
+    # A single-task step is just one process.
+    assert runtime.resolve_cluster(env={**env, "SLURM_NTASKS": "1"}).kind == "none"
+    # The batch script itself (no srun step) is one process too.
+    assert runtime.resolve_cluster(env={"SLURM_JOB_ID": "77", "SLURM_NTASKS": "8"}).kind == "none"
 
 
 def test_tpu_only_when_asked_and_unknown_kind_refused():
