@@ -111,14 +111,25 @@ def _params_on_mesh(params, mesh):
 
 
 def _plan_batches(lengths: np.ndarray, batch_size: int, buckets: Sequence[int]) -> list[tuple[int, np.ndarray]]:
-    """[(bucket length, row indices)] over a chunk: sorted by length, batched within a bucket."""
+    """[(bucket length, row indices)] over a chunk, shortest texts first.
+
+    Full batches stay within their bucket; the few rows left over in a bucket are carried up
+    into the next non-empty bucket instead of being padded out with filler rows, so only the
+    longest bucket may end with a short batch.
+    """
     order = np.argsort(lengths, kind="stable")
     bucket_of = np.searchsorted(np.asarray(buckets), lengths[order], side="left")
     plan = []
-    for b in np.unique(bucket_of):
-        rows = order[bucket_of == b]
-        for s in range(0, len(rows), batch_size):
+    carry = np.zeros(0, dtype=order.dtype)
+    used = np.unique(bucket_of)
+    for b in used:
+        rows = np.concatenate([carry, order[bucket_of == b]])
+        full = (len(rows) // batch_size) * batch_size
+        for s in range(0, full, batch_size):
             plan.append((int(buckets[b]), rows[s:s + batch_size]))
+        carry = rows[full:]
+    if len(carry):
+        plan.append((int(buckets[used[-1]]), carry))
     return plan
 
 

@@ -156,3 +156,12 @@ def test_bad_inputs(bert_model):
         extract.extract(model, ["ok"], pooling="max", progress=False)
     with pytest.raises(ValueError, match="text 1 produces no tokens"):
         extract.extract(model, ["w1", ""], progress=False, add_special_tokens=False)
+
+
+def test_batch_plan_covers_every_row_once():
+    lengths = np.array([3, 70, 17, 17, 5, 200, 33, 9, 16, 65, 64, 2, 256])
+    plan = pipeline._plan_batches(lengths, 4, pipeline.bucket_lengths(256))
+    rows = np.concatenate([r for _, r in plan])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(len(lengths)))
+    assert all(len(r) == 4 for _, r in plan[:-1]) and len(plan[-1][1]) <= 4
+    assert all((lengths[r] <= blen).all() for blen, r in plan)
