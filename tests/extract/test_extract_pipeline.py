@@ -114,7 +114,8 @@ def test_store_manifest_and_resume_after_interruption(bert_model, tmp_path):
     with pytest.raises(extract.StoreError, match="text_fingerprint"):
         extract.extract(model, TEXTS[::-1], out_dir=tmp_path / "part", **kw)
     fresh = extract.extract(model, TEXTS[::-1], out_dir=tmp_path / "part", resume=False, **kw)
-    np.testing.assert_array_equal(fresh.read_all(), full.read_all()[::-1])
+    # Reversed order puts texts into other batches (other padded lengths): equal to float32 rounding.
+    np.testing.assert_allclose(fresh.read_all(), full.read_all()[::-1], rtol=1e-5, atol=1e-6)
 
 
 def test_per_token_states_ids_and_offsets(bert_model, tmp_path):
