@@ -12,6 +12,7 @@ Corpus specs understood by :func:`load_corpus`:
   fortunes[:cat1,cat2]              fortune(6) quotations labelled by category (Debian only)
   austen, austen_lines              Jane Austen's novels as sentences / lines, unlabelled (Debian only)
   PATH.jsonl, PATH.csv, PATH.tsv    the user's own file (text and optional label columns)
+  PATH.txt                          the user's own file, one unlabelled text per non-empty line
 
 Streaming readers for files too large for memory live in ``linalign.data.stream``.
 """
@@ -25,11 +26,11 @@ from linalign.data.corpora import (AUSTEN_BOOKS, Corpus, DataError, decode_text,
                                    load_austen, load_bbc_news, load_bbc_sentences, load_fortunes,
                                    split_sentences)
 from linalign.data.splits import sample, split_indices, train_test_split
-from linalign.data.userdata import load_csv, load_jsonl
+from linalign.data.userdata import load_csv, load_jsonl, load_txt
 
 __all__ = ["AUSTEN_BOOKS", "CORPUS_NAMES", "Corpus", "DataError", "decode_text", "fortune_categories",
            "load_austen", "load_bbc_news", "load_bbc_sentences", "load_corpus", "load_csv", "load_fortunes",
-           "load_jsonl", "sample", "split_indices", "split_sentences", "train_test_split"]
+           "load_jsonl", "load_txt", "sample", "split_indices", "split_sentences", "train_test_split"]
 
 CORPUS_NAMES = ("bbc_news", "bbc_titles", "bbc_body", "bbc_sentences", "fortunes", "austen",
                 "austen_lines")
@@ -39,7 +40,7 @@ def load_corpus(spec: str | os.PathLike, cache_dir=None, **kwargs) -> Corpus:
     """Loads a corpus by name or file path (see the module docstring for the specs).
 
     Args:
-      spec: a bundled corpus name, "fortunes:<cat>[,<cat>]", or a path ending .jsonl/.csv/.tsv.
+      spec: a bundled corpus name, "fortunes:<cat>[,<cat>]", or a path ending .jsonl/.csv/.tsv/.txt.
       cache_dir: asset cache root for the bundled corpora.
       **kwargs: passed to the file loader (text_field, label_field, name, ...).
 
@@ -53,6 +54,8 @@ def load_corpus(spec: str | os.PathLike, cache_dir=None, **kwargs) -> Corpus:
     suffix = pathlib.Path(s).suffix.lower()
     if suffix == ".jsonl":
         return load_jsonl(s, **kwargs)
+    if suffix == ".txt":
+        return load_txt(s, **kwargs)
     if suffix in (".csv", ".tsv"):
         kwargs.setdefault("delimiter", "\t" if suffix == ".tsv" else ",")
         return load_csv(s, **kwargs)
@@ -68,4 +71,4 @@ def load_corpus(spec: str | os.PathLike, cache_dir=None, **kwargs) -> Corpus:
     if s in ("austen", "austen_lines"):
         return load_austen("line" if s == "austen_lines" else "sentence", cache_dir=cache_dir)
     raise DataError(f"unknown corpus {s!r}: expected one of {', '.join(CORPUS_NAMES)}, "
-                    "'fortunes:<category>[,...]', or a path ending in .jsonl, .csv or .tsv")
+                    "'fortunes:<category>[,...]', or a path ending in .jsonl, .csv, .tsv or .txt")

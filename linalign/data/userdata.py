@@ -167,3 +167,22 @@ def load_csv(path: str | os.PathLike, text_field: str = "text", label_field: str
     except csv.Error as e:
         raise DataError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
     return _finish(p, name, texts, labels, ids, "csv", text_field, label_field)
+
+
+def load_txt(path: str | os.PathLike, name: str | None = None) -> Corpus:
+    """One text per non-empty line of a UTF-8 text file (unlabelled); surrounding space is stripped.
+
+    Raises:
+      DataError: missing file, undecodable bytes (naming the line), no non-empty line.
+    """
+    p = _check_path(path, (".txt",))
+    texts = []
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise DataError(f"{p}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
+            if line:
+                texts.append(line)
+    return _finish(p, name, texts, None, None, "txt", None, None)

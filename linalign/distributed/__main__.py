@@ -5,6 +5,12 @@ Fit a map over paired embeddings, on one process or many (run the same command o
     python -m linalign.distributed fit --source_store=zb.npy --target_store=za.npy \
         --out_dir=runs/fit --checkpoint_every=50 --lam=1e-2 --batch_size=1024
 
+Extract hidden states on every process (each takes its contiguous share of the corpus and
+writes its own part of a parted store; process 0 writes the index)::
+
+    python -m linalign.distributed extract --model=all-minilm-l6-v2 --corpus=bbc_news \
+        --out_dir=emb/minilm --forward_batch=32
+
 Plan per-device memory without allocating anything::
 
     python -m linalign.distributed plan --model_config=llama3-8b --mesh=data=2,model=4 \
@@ -20,7 +26,7 @@ from __future__ import annotations
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-COMMANDS = ("fit", "plan")
+COMMANDS = ("fit", "extract", "plan")
 
 flags.DEFINE_enum("cluster", "auto", ["auto", "explicit", "slurm", "tpu", "none"],
                   "How to join a multi-process job (see linalign.distributed.runtime).")
@@ -38,6 +44,16 @@ flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.")
 flags.DEFINE_integer("batch_size", 1024, "Rows each process reads per step.")
 flags.DEFINE_float("lam", 1e-2, "Ridge strength (on the scale of C_bb, a sum over rows).")
 flags.DEFINE_float("batch_delay_s", 0.0, "Sleep after each step (for fault-injection tests).")
+# extract
+flags.DEFINE_string("model", None, "extract: checkpoint path (.gguf or HF directory) or asset name.")
+flags.DEFINE_string("corpus", None, "extract: load_corpus spec or a .txt/.jsonl/.csv path.")
+flags.DEFINE_enum("pooling", None, ["mean", "last", "first"],
+                  "extract: pooling (default: the checkpoint's own).")
+flags.DEFINE_integer("max_length", None, "extract: max tokens per text (default: tokenizer's).")
+flags.DEFINE_integer("forward_batch", 32, "extract: texts per forward pass on each process.")
+flags.DEFINE_enum("truncation", "warn", ["warn", "error", "silent"],
+                  "extract: what to do with texts longer than max_length.")
+flags.DEFINE_integer("limit", None, "extract: only the first N texts of the corpus.")
 # plan
 flags.DEFINE_string("model_config", "llama3-8b", "Preset name or config.json path ('' to skip).")
 flags.DEFINE_integer("batch", 8, "Forward-pass batch.")
@@ -66,6 +82,23 @@ def _fit() -> None:
                           checkpoint_dir=ckpt, checkpoint_every=FLAGS.checkpoint_every,
                           batch_delay_s=FLAGS.batch_delay_s)
     sf.finish(fit, fit.run(), FLAGS.out_dir, FLAGS.lam)
+
+
+def _extract() -> None:
+    from linalign import data
+    from linalign.distributed import extract
+
+    for name in ("model", "corpus", "out_dir"):
+        if not getattr(FLAGS, name):
+            raise app.UsageError(f"extract needs --{name}")
+    corpus = data.load_corpus(FLAGS.corpus)
+    texts = corpus.texts[: FLAGS.limit] if FLAGS.limit else corpus.texts
+    index = extract.run(FLAGS.model, texts, FLAGS.out_dir, corpus=corpus.name,
+                        pooling=FLAGS.pooling, max_length=FLAGS.max_length,
+                        batch_size=FLAGS.forward_batch, truncation=FLAGS.truncation)
+    if index is not None:
+        print(f"wrote {FLAGS.out_dir}: {index['num_rows']} rows in {len(index['parts'])} parts, "
+              f"dim {index['dim']}")
 
 
 def _plan() -> None:
@@ -105,7 +138,7 @@ def main(argv) -> None:
     runtime.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                        [int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None,
                        cluster=FLAGS.cluster)
-    _fit()
+    _extract() if argv[1] == "extract" else _fit()
 
 
 if __name__ == "__main__":

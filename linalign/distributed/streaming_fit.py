@@ -122,8 +122,49 @@ class StoreRows:
                 "digest": hashlib.sha256(shas.encode()).hexdigest()}
 
 
+class PartedRows:
+    """Rows of a parted store (``linalign.distributed.extract``): its parts one after another."""
+
+    def __init__(self, path: str):
+        from linalign.distributed.extract import INDEX, PART_FORMAT
+        from linalign.extract.store import StoreError
+        try:
+            index = json.loads(open(os.path.join(path, INDEX)).read())
+        except (OSError, json.JSONDecodeError) as e:
+            raise FitInputError(f"parted store {path}: unreadable {INDEX}: {e}") from None
+        if index.get("version") != PART_FORMAT:
+            raise FitInputError(f"parted store {path}: unsupported version {index.get('version')}")
+        try:
+            self._parts = [StoreRows(os.path.join(path, p["name"])) for p in index["parts"]]
+        except StoreError as e:
+            raise FitInputError(str(e)) from None
+        self.path = path
+        self.dim = self._parts[0].dim
+        self.num_rows = sum(p.num_rows for p in self._parts)
+        if self.num_rows != index["num_rows"] or any(p.dim != self.dim for p in self._parts):
+            raise FitInputError(f"parted store {path}: parts do not match {INDEX} "
+                                f"({self.num_rows} rows stored, {index['num_rows']} indexed)")
+        self._starts = np.cumsum([0] + [p.num_rows for p in self._parts])
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        out = []
+        for part, s0, s1 in zip(self._parts, self._starts[:-1], self._starts[1:]):
+            a, b = max(lo, s0), min(hi, s1)
+            if a < b:
+                out.append(part.read(int(a - s0), int(b - s0)))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def identity(self) -> dict:
+        digest = hashlib.sha256("".join(p.identity()["digest"] for p in self._parts).encode())
+        return {"kind": "parted_store", "rows": self.num_rows, "dim": self.dim,
+                "digest": digest.hexdigest()}
+
+
 def open_rows(path: str):
-    """A ``.npy`` file or an embedding-store directory (with manifest.json) as a row source."""
+    """A ``.npy`` file, an embedding-store directory (with manifest.json) or a parted store
+    (with parts.json, written by ``python -m linalign.distributed extract``) as a row source."""
+    if os.path.isfile(os.path.join(path, "parts.json")):
+        return PartedRows(path)
     if os.path.isdir(path):
         return StoreRows(path)
     if path.endswith(".npy"):

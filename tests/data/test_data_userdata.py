@@ -110,3 +110,19 @@ def test_csv_invalid_utf8_and_empty(tmp_path):
         data.load_csv(_write(tmp_path / "empty.csv", ""))
     with pytest.raises(DataError, match="no records"):
         data.load_csv(_write(tmp_path / "header_only.csv", "text,label\n"))
+
+
+def test_txt_one_text_per_nonempty_line(tmp_path):
+    p = tmp_path / "notes.txt"
+    p.write_bytes("  first text \n\nsecond — text\n   \nthird\n".encode("utf-8"))
+    c = data.load_corpus(p)
+    assert c.texts == ["first text", "second — text", "third"] and c.labels is None
+    assert c.name == "notes" and c.metadata["format"] == "txt"
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\nalso ok\n\xff\xfe broken\n")
+    with pytest.raises(DataError, match=r"bad.txt:3: not UTF-8"):
+        data.load_corpus(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(DataError, match="no records"):
+        data.load_corpus(empty)
