@@ -55,6 +55,15 @@ def assert_parity(out, hf_hidden, hf_logits, mask, atol=1e-4, rtol=1e-4):
                                err_msg="logits")
 
 
+def ref_cache_dir(request, tmp_path_factory) -> pathlib.Path:
+    """Where transformers reference outputs are kept: pytest's cache directory when the cache
+    plugin is on (reused across runs), else a fresh temporary directory (recomputed each run)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return cache.mkdir("linalign_causal_ref")
+    return tmp_path_factory.mktemp("linalign_causal_ref")
+
+
 def gguf_reference(cache_dir: pathlib.Path, gguf_path: pathlib.Path, prompts: list, chat: bool,
                    max_new_tokens: int = 20) -> dict:
     """transformers' own GGUF load (float32) as the reference, cached as .npz next to pytest's cache.

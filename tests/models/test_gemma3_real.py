@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from causal_parity import gguf_reference, kl_divergence
+from causal_parity import gguf_reference, kl_divergence, ref_cache_dir
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +13,7 @@ PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", 
 
 
 @pytest.fixture(scope="module")
-def gemma(request):
+def gemma(request, tmp_path_factory):
     from linalign import assets
     from linalign.checkpoints.gguf import read_gguf
     from linalign.models import gemma3
@@ -22,7 +22,7 @@ def gemma(request):
     cfg, tensors, tok = read_gguf(path)
     config = gemma3.Config.from_hf_config(cfg)
     params = gemma3.convert_params(tensors, config)
-    ref = gguf_reference(request.config.cache.mkdir("linalign_causal_ref"), path, PROMPTS, chat=False)
+    ref = gguf_reference(ref_cache_dir(request, tmp_path_factory), path, PROMPTS, chat=False)
     return config, gemma3.Model(config), params, tok, ref
 
 

@@ -1,4 +1,4 @@
-"""Tier-2 parity: tiny random Llama / Qwen2 / Qwen3 from transformers vs the Flax port."""
+"""Tier-2 parity: tiny random Llama / Mistral / Qwen2 / Qwen3 from transformers vs the Flax port."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ CASES = {
                                rope_scaling=dict(rope_type="linear", factor=2.0))),
     "llama_attn_mlp_bias": ("LlamaConfig", "LlamaForCausalLM",
                             dict(num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True)),
+    # Sliding window (4) shorter than the batch (11) so the window changes the result.
+    "mistral_window4": ("MistralConfig", "MistralForCausalLM",
+                        dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                             tie_word_embeddings=False)),
     "qwen2_bias": ("Qwen2Config", "Qwen2ForCausalLM",
                    dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
     "qwen3_qknorm": ("Qwen3Config", "Qwen3ForCausalLM",
@@ -60,6 +64,8 @@ def build(case, tmp_path, seed=0):
 def test_hidden_states_and_logits_match_transformers(case, side, tmp_path):
     hf, cfg_dict, tensors = build(case, tmp_path)
     cfg = llama.Config.from_hf_config(cfg_dict)
+    if case.startswith("mistral"):
+        assert cfg.sliding_windows == (4, 4)
     params = llama.convert_params(tensors, cfg)
     ids, mask, pos = padded_batch(cfg.vocab_size, [11, 7, 3], 11, side)
     ref_hidden, ref_logits = hf_forward(hf, ids, mask, pos)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from causal_parity import gguf_reference, kl_divergence
+from causal_parity import gguf_reference, kl_divergence, ref_cache_dir
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +13,7 @@ PROMPTS = ["What is the capital of France?", "Write one sentence about the sea."
 
 
 @pytest.fixture(scope="module")
-def smollm(request):
+def smollm(request, tmp_path_factory):
     from linalign import assets
     from linalign.checkpoints.gguf import read_gguf
     from linalign.models import llama
@@ -22,7 +22,7 @@ def smollm(request):
     cfg, tensors, tok = read_gguf(path)
     config = llama.Config.from_hf_config(cfg)
     params = llama.convert_params(tensors, config)
-    ref = gguf_reference(request.config.cache.mkdir("linalign_causal_ref"), path, PROMPTS, chat=True)
+    ref = gguf_reference(ref_cache_dir(request, tmp_path_factory), path, PROMPTS, chat=True)
     return config, llama.Model(config), params, tok, ref
 
 
