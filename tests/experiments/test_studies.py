@@ -138,3 +138,13 @@ def test_fewer_samples_than_hidden_without_ridge_refused():
 def test_map_rows_must_match():
     with pytest.raises(ValueError, match="source has 5 rows, target 4"):
         C.fit_map(np.zeros((5, 3)), np.zeros((4, 3)), lam=1.0)
+
+
+def test_models_embedding_different_texts_refused():
+    # Two models' embeddings of different text sets (different row counts) cannot be compared.
+    from linalign.experiments import generation, similarity
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="has 7 rows, expected 8: all models must embed the same texts"):
+        similarity.similarity_matrices({"a": rng.normal(size=(8, 4)), "b": rng.normal(size=(7, 3))}, k=2, seed=0)
+    with pytest.raises(ValueError, match="target has 3 texts, source 2"):
+        generation.paired_token_states([None] * 3, [None] * 2)
