@@ -10,7 +10,8 @@ an encrypted integer matrix by a clear integer matrix:
   decrypt_matrix(result, private_key, params, p % 2048 or 2048) -> [m, p] uint64 (two's complement)
 
 So B encrypts Q_B^T = quantize(Z_B)^T [d_B, n], A multiplies by Q_A = quantize(Z_A) [n, d_A] and
-returns Enc(Q_B^T Q_A) [d_B, d_A] with its per-feature scales s_A; B decrypts and rescales\nentry (i, j) by s_B[i] * s_A[j] to get Z_B^T Z_A.
+returns Enc(Q_B^T Q_A) [d_B, d_A] with its per-feature scales s_A; B decrypts and rescales
+entry (i, j) by s_B[i] * s_A[j] to get Z_B^T Z_A.
 
 Limits measured with the default parameters (``default_params()``), which this module uses:
 * Results live in a signed 27-bit window [-2^26, 2^26) and wrap around beyond it, so each
@@ -23,7 +24,8 @@ Limits measured with the default parameters (``default_params()``), which this m
 * The compression key (evaluation key) is ~134 MB; the provider's cost grows with
   d_B * d_A * chunks, which makes d = 384..768 slow on a few CPU cores (measured in
   experiments/bench_fhe.py).
-Leakage beyond the paper's: A learns nothing new; B learns s_A = max_k |Z_A[k, j]| / 127 per\nfeature j of A (d_A scalars).
+Leakage beyond the paper's: A learns nothing new; B learns s_A = max_k |Z_A[k, j]| / 127 per
+feature j of A (d_A scalars).
 """
 
 from __future__ import annotations

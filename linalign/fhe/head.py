@@ -1,8 +1,15 @@
 """A small multinomial logistic-regression head f(z) = z V + c for HELIX tests and demos.
 
-Trained with scikit-learn's ``LogisticRegression`` (lbfgs, multinomial loss) on standardised
-features; the standardisation is folded back into (V, c) so the provider serves one affine
-layer on raw embeddings, which is what the encrypted ``linear`` evaluates.
+Trained with scikit-learn's ``LogisticRegression`` (lbfgs, multinomial loss) on centred
+features divided by one global scale (their RMS); the scaling is folded back into (V, c) so
+the provider serves one affine layer on raw embeddings, which is what the encrypted
+``linear`` evaluates.
+
+One scale for all features, not one per feature: sentence embeddings can have (near-)constant
+coordinates (all-mpnet-base-v2 has one with std ~1e-35 over BBC articles); a per-feature
+division folds 1/std into V and gives weights of 1e6 and more, which multiplies every CKKS and
+fitting error by as much. With a global scale |V| stays at the size of the L2-regularised
+logistic weights (about 1 for unit-norm embeddings).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ def fit_logreg_head(z_nd: np.ndarray, y_n: Sequence[int], c_reg: float = 1.0, ma
     classes = np.unique(y)
     if classes.size < 2 or not np.array_equal(classes, np.arange(classes.size)):
         raise ValueError(f"labels must be 0..K-1 with K >= 2, got {classes[:10]}")
-    mu, sd = z.mean(0), z.std(0) + 1e-8
+    mu = z.mean(0)
+    sd = float(np.sqrt(np.mean((z - mu) ** 2))) + 1e-12  # one global scale (see module doc)
     clf = LogisticRegression(C=c_reg, max_iter=max_iter, random_state=seed)
     clf.fit((z - mu) / sd, y)
     w_kd, b_k = clf.coef_, clf.intercept_
