@@ -71,6 +71,10 @@ def test_classification_study_and_cache_reuse(cfg, monkeypatch):
     monkeypatch.setattr(ex, "extract", boom)
     res2, _ = _outputs(registry.run("classification", cfg))
     assert res2["classification"]["pairs"] == r["pairs"]
+    # Other studies on the same texts reuse the same stores (no model run either).
+    cache.clear_memo()
+    _outputs(registry.run("similarity", cfg))
+    _outputs(registry.run("scaling", cfg))
 
 
 @pytest.mark.slow
