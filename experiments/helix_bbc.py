@@ -30,6 +30,8 @@ flags.DEFINE_integer("n_public", 4096, "Public sentences for the map.")
 flags.DEFINE_float("lam", 1.0, "Ridge strength (scale of C_bb, a sum over rows).")
 flags.DEFINE_float("test_fraction", 0.2, "Held-out articles.")
 flags.DEFINE_integer("max_test", 0, "Classify only this many held-out articles (0 = all).")
+flags.DEFINE_integer("max_train", 0, "Train the provider's head on this many training articles, "
+                     "sampled at random (0 = all).")
 flags.DEFINE_integer("max_length", 128, "Tokens per text.")
 flags.DEFINE_string("backend", "seal", "Inference backend.")
 flags.DEFINE_integer("seed", 0, "Split and sampling seed.")
@@ -52,7 +54,7 @@ def main(argv):
     from linalign.align.stats import from_arrays
     from linalign.data import load_corpus
     from linalign.data.corpora import split_sentences
-    from linalign.data.splits import train_test_split
+    from linalign.data.splits import sample, train_test_split
     from linalign.fhe.head import fit_logreg_head
     from linalign.helix.client import HelixClient
     from linalign.helix.server import Bundle, save_bundle
@@ -62,11 +64,14 @@ def main(argv):
     corpus = load_corpus("bbc_news")
     train, test = train_test_split(corpus, FLAGS.test_fraction, FLAGS.seed)
     names = list(corpus.label_names)
+    sentences = sorted({s for t in train.texts for s in split_sentences(t) if len(s.split()) >= 3})
+    if FLAGS.max_train and FLAGS.max_train < len(train.texts):
+        train = sample(train, FLAGS.max_train, seed=FLAGS.seed)  # the split is in label order
+    if FLAGS.max_test and FLAGS.max_test < len(test.texts):
+        test = sample(test, FLAGS.max_test, seed=FLAGS.seed + 1)
     y_train = np.array([names.index(l) for l in train.labels])
     y_test = np.array([names.index(l) for l in test.labels])
-    test_texts = test.texts[: FLAGS.max_test or None]
-    y_test = y_test[: len(test_texts)]
-    sentences = sorted({s for t in train.texts for s in split_sentences(t) if len(s.split()) >= 3})
+    test_texts = test.texts
     rng = np.random.default_rng(FLAGS.seed)
     public = [sentences[i] for i in sorted(rng.choice(len(sentences), FLAGS.n_public, replace=False))]
     logging.info("train %d, test %d, public %d of %d sentences", len(train.texts), len(test_texts),
@@ -108,17 +113,20 @@ def main(argv):
     plain_scores = (z_b_test @ w + b) @ v + c
     res = {
         "provider_model": FLAGS.provider_model, "client_model": FLAGS.client_model,
-        "n_public": len(public), "n_test": len(test_texts), "lam": FLAGS.lam, "backend": FLAGS.backend,
+        "n_public": len(public), "n_train_head": len(train.texts), "n_test": len(test_texts), "lam": FLAGS.lam, "backend": FLAGS.backend,
         "acc_native_provider": acc_native, "acc_plaintext_aligned": acc_plain, "acc_helix": acc_he,
         "acc_diff_points": 100 * (acc_he - acc_plain),
         "prediction_agreement": float(np.mean(np.argmax(scores, 1) == np.argmax(plain_scores, 1))),
         "max_abs_score_diff": float(np.abs(scores - plain_scores).max()),
         "map_max_abs_w_diff": float(np.abs(np.asarray(affine.w, np.float64) - w).max()),
+        "head_max_abs_v": float(np.abs(v).max()),
         "fit_seconds": st.fit_seconds, "fit_up_bytes": st.fit_up, "fit_down_bytes": st.fit_down,
         "setup_bytes": st.setup_up + st.setup_down,
+        "queries": st.queries,
         "ms_per_query": 1e3 * st.query_seconds / max(st.queries, 1),
         "bytes_per_query": (st.query_up + st.query_down) / max(st.queries, 1),
     }
+    res["command"] = "python experiments/helix_bbc.py " + " ".join(sys.argv[1:])
     text = json.dumps(res, indent=1)
     print(text)
     tmp_json = out / "helix_bbc.json.tmp"
