@@ -32,7 +32,7 @@ flags.DEFINE_bool("title_only", None, "Use only each text's first line.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Extraction batch size.")
 flags.DEFINE_enum("pooling", _D.pooling, ["mean", "last", "first", "default"],
                   "Pooling of final hidden states (default = each checkpoint's own).")
-flags.DEFINE_string("lam", _D.lam, "Ridge for pooled maps: a number or 'gcv'.")
+flags.DEFINE_string("lam", _D.lam, "Ridge for pooled maps: a number, 'gcv', 'cv' (5-fold) or 'auto' (GCV if n > d_B, else CV).")
 flags.DEFINE_integer("seed", _D.seed, "Sampling seed.")
 flags.DEFINE_string("out", _D.out_root, "Output root; the report goes to OUT/<study>/.")
 flags.DEFINE_string("cache_dir", None, "linalign cache root (default $LINALIGN_CACHE or ~/.cache/linalign).")
