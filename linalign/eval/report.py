@@ -139,16 +139,20 @@ class Report:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for label, y in ys.items():
-            ax.plot(x, y, marker="o", label=label)
+        fig, ax = plt.subplots(figsize=(8.0, 4.2))
+        # The default cycle has 10 colours; more series would share one, so vary the line
+        # style and marker too.
+        colours = plt.get_cmap("tab20" if len(ys) > 10 else "tab10").colors
+        for k, (label, y) in enumerate(ys.items()):
+            ax.plot(x, y, marker="osd^v"[k % 5], linestyle=("-", "--", ":")[k % 3],
+                    color=colours[k % len(colours)], label=label)
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
         return self._save_fig(fig, name)
 
     def bars(self, name: str, groups: Sequence[str], series: dict, ylabel: str, title: str = "") -> str:
