@@ -28,6 +28,7 @@ flags.DEFINE_integer("batch", 8192, "Rows per streamed batch (linalign and numpy
 flags.DEFINE_float("lam", 10.0, "Ridge strength.")
 flags.DEFINE_integer("reps", 3, "End-to-end repetitions (interleaved; medians reported).")
 flags.DEFINE_integer("acc_reps", 10, "Accumulation-step repetitions (interleaved).")
+flags.DEFINE_integer("chunk_rows", None, "Rows per compiled accumulation step (default: the library's).")
 flags.DEFINE_bool("sklearn", True, "Include scikit-learn (needs ~2 extra copies of the data).")
 FLAGS = flags.FLAGS
 
@@ -45,7 +46,7 @@ def make_data(n, d_b, d_a, seed=0):
 
 
 def fit_linalign(z_b, z_a, lam, batch):
-    acc = align.Accumulator(z_b.shape[1], z_a.shape[1])
+    acc = align.Accumulator(z_b.shape[1], z_a.shape[1], chunk_rows=FLAGS.chunk_rows)
     for i in range(0, len(z_b), batch):
         acc.add(z_b[i:i + batch], z_a[i:i + batch])
     w, b = align.solve(acc.stats, lam)
@@ -126,8 +127,8 @@ def main(argv):
     xb, xa = jnp.asarray(z_b[:batch]), jnp.asarray(z_a[:batch])
     hb, ha = z_b[batch:2 * batch], z_a[batch:2 * batch]
     bare = jax.jit(lambda x, y: (jnp.dot(x.T, x), jnp.dot(x.T, y)))
-    acc_dev = align.Accumulator(d_b, d_a)
-    acc_host = align.Accumulator(d_b, d_a)
+    acc_dev = align.Accumulator(d_b, d_a, chunk_rows=FLAGS.chunk_rows)
+    acc_host = align.Accumulator(d_b, d_a, chunk_rows=FLAGS.chunk_rows)
     steps = {
         "bare matmul": lambda: bare(xb, xa)[0],
         "accumulate (device batch)": lambda: acc_dev.add(xb, xa)._stats.c_bb,
