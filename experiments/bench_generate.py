@@ -5,7 +5,7 @@ same number of new tokens (EOS disabled on both sides so both produce exactly th
 torch limited to ``--threads`` threads. linalign's time excludes the one-off compilation (reported
 separately); transformers' time is the best of ``--repeats`` warm runs, as is linalign's.
 
-    python experiments/bench_generate.py --new_tokens=64 --threads=2
+    PYTHONPATH=. python experiments/bench_generate.py --new_tokens=64 --threads=2
 
 Prints tokens/s for both and the ratio (target >= 1.2x).
 """
@@ -61,7 +61,10 @@ def bench_transformers(path, ids, n, repeats, threads):
     model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                               dtype=torch.float32).eval()
     x = torch.tensor(ids)
-    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    # No EOS on either side: both decode exactly n tokens and, past the answer, keep predicting
+    # after the EOS token instead of stopping, so the token streams stay comparable.
+    model.generation_config.eos_token_id = None
+    kw = dict(max_new_tokens=n, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         model.generate(x, **kw)  # warm-up
         times = []
