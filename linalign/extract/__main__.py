@@ -43,13 +43,13 @@ _RESUME = flags.DEFINE_bool("resume", True, "Resume a matching partial store (el
 
 def load_texts(spec: str) -> tuple[list[str], str]:
     """(texts, corpus name) from a .txt file or a linalign.data corpus spec."""
+    from linalign import data
+
     p = pathlib.Path(spec)
     if p.suffix == ".txt":
         if not p.exists():
             raise FileNotFoundError(f"corpus file {p} does not exist")
-        return [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()], p.name
-    from linalign import data
-
+        return list(data.load_txt(p).texts), p.name
     c = data.load_corpus(spec)
     return list(c.texts), c.name
 
