@@ -188,42 +188,6 @@ def embed(name: str, texts: Sequence[str], cfg: StudyConfig, per_token: bool = F
     return out
 
 
-CV_FOLDS = 5
-
-
-def select_lambda_kfold(z_b_nd, z_a_nd, grid, k: int = CV_FOLDS, seed: int = 0):
-    """Ridge strength by k-fold cross-validation (held-out squared error summed over folds).
-
-    Each fold's map is fit on the other folds' rows (one eigendecomposition per fold, reused
-    for the whole grid through ``RidgePath.val_mse``).
-
-    Args:
-      z_b_nd: [n, d_b] source rows; z_a_nd: [n, d_a] target rows.
-      grid: candidate lambdas (absolute).
-      k: folds (at most n).
-      seed: fold assignment seed.
-
-    Returns:
-      (best lambda, [len(grid)] summed held-out squared error per lambda).
-    """
-    from linalign.align.solve import RidgePath, SingularSystemError
-    from linalign.align.stats import from_arrays
-
-    n = len(z_b_nd)
-    if n < 2 * k:
-        raise ValueError(f"{k}-fold cross-validation needs at least {2 * k} rows, got {n}")
-    folds = np.array_split(np.random.default_rng(seed).permutation(n), k)
-    sse = np.zeros(len(grid))
-    for f in folds:
-        keep = np.ones(n, bool)
-        keep[f] = False
-        path = RidgePath(from_arrays(z_b_nd[keep], z_a_nd[keep]))
-        sse += path.val_mse(z_b_nd[f], z_a_nd[f], grid) * z_a_nd[f].size
-    if not np.any(np.isfinite(sse)):
-        raise SingularSystemError(f"every lambda in {list(grid)} is numerically singular")
-    return float(np.asarray(grid, np.float64)[int(np.argmin(sse))]), sse
-
-
 def fit_map(z_b_nd, z_a_nd, lam="auto"):
     """Fits the affine map Z_B -> Z_A (closed-form ridge, centred bias).
 
@@ -239,7 +203,8 @@ def fit_map(z_b_nd, z_a_nd, lam="auto"):
     Returns:
       (AffineMap, lam used).
     """
-    from linalign.align.solve import default_lambda_grid, select_lambda_gcv, solve
+    from linalign.align.solve import (default_lambda_grid, select_lambda_gcv,
+                                      select_lambda_kfold, solve)
     from linalign.align.affine_map import AffineMap
     from linalign.align.stats import from_arrays
 

@@ -4,6 +4,7 @@ the 'auto' rule that avoids GCV when there are fewer rows than source dimensions
 import numpy as np
 import pytest
 
+from linalign.align.solve import select_lambda_kfold
 from linalign.experiments import common as C
 
 
@@ -29,7 +30,7 @@ def test_kfold_scores_match_direct_refits():
     z_b, z_a = _data(60, d_b=12, d_a=5, rank=4)
     z_b, z_a = z_b.astype(np.float64), z_a.astype(np.float64)
     grid = [0.1, 1.0, 10.0]
-    lam, sse = C.select_lambda_kfold(z_b, z_a, grid, k=5, seed=3)
+    lam, sse = select_lambda_kfold(z_b, z_a, grid, k=5, seed=3)
     folds = np.array_split(np.random.default_rng(3).permutation(60), 5)
     want = np.zeros(3)
     for f in folds:
@@ -59,4 +60,4 @@ def test_bad_lam_refused():
         C.fit_map(z_b, z_a, "ridge")
     assert C.fit_map(z_b, z_a, "0.5")[1] == 0.5
     with pytest.raises(ValueError, match="5-fold cross-validation needs at least 10 rows, got 6"):
-        C.select_lambda_kfold(z_b[:6], z_a[:6], [1.0])
+        select_lambda_kfold(z_b[:6], z_a[:6], [1.0])
