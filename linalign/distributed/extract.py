@@ -155,10 +155,6 @@ class PartedStore:
     def per_token(self) -> bool:
         return bool(self.index["per_token"])
 
-    @property
-    def manifests(self) -> list[dict]:
-        return [st.manifest for st in self.parts]
-
     def read_all(self):
         data = [st.read_all() for st in self.parts]
         return store_lib.TokenRows.concat(data) if self.per_token else np.concatenate(data)

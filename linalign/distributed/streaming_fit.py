@@ -85,10 +85,10 @@ class NpyRows:
 class StoreRows:
     """Rows of a pooled ``linalign.extract`` embedding store, one shard in memory at a time."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, store=None):
         from linalign.extract.store import StoreError, open_store
         try:
-            self._store = open_store(path)
+            self._store = store if store is not None else open_store(path)
         except StoreError as e:
             raise FitInputError(str(e)) from None
         if self._store.per_token:
@@ -126,24 +126,17 @@ class PartedRows:
     """Rows of a parted store (``linalign.distributed.extract``): its parts one after another."""
 
     def __init__(self, path: str):
-        from linalign.distributed.extract import INDEX, PART_FORMAT
+        from linalign.distributed.extract import open_parted
         from linalign.extract.store import StoreError
         try:
-            index = json.loads(open(os.path.join(path, INDEX)).read())
-        except (OSError, json.JSONDecodeError) as e:
-            raise FitInputError(f"parted store {path}: unreadable {INDEX}: {e}") from None
-        if index.get("version") != PART_FORMAT:
-            raise FitInputError(f"parted store {path}: unsupported version {index.get('version')}")
-        try:
-            self._parts = [StoreRows(os.path.join(path, p["name"])) for p in index["parts"]]
+            parted = open_parted(path)
         except StoreError as e:
             raise FitInputError(str(e)) from None
+        # Each part is checked like a plain store (pooled rows only).
+        self._parts = [StoreRows(str(st.path), store=st) for st in parted.parts]
         self.path = path
-        self.dim = self._parts[0].dim
-        self.num_rows = sum(p.num_rows for p in self._parts)
-        if self.num_rows != index["num_rows"] or any(p.dim != self.dim for p in self._parts):
-            raise FitInputError(f"parted store {path}: parts do not match {INDEX} "
-                                f"({self.num_rows} rows stored, {index['num_rows']} indexed)")
+        self.dim = parted.dim
+        self.num_rows = parted.num_rows
         self._starts = np.cumsum([0] + [p.num_rows for p in self._parts])
 
     def read(self, lo: int, hi: int) -> np.ndarray:
@@ -163,7 +156,8 @@ class PartedRows:
 def open_rows(path: str):
     """A ``.npy`` file, an embedding-store directory (with manifest.json) or a parted store
     (with parts.json, written by ``python -m linalign.distributed extract``) as a row source."""
-    if os.path.isfile(os.path.join(path, "parts.json")):
+    from linalign.distributed.extract import is_parted
+    if is_parted(path):
         return PartedRows(path)
     if os.path.isdir(path):
         return StoreRows(path)
