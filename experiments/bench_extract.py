@@ -138,6 +138,40 @@ def bench_mixed(m, ref, texts, batch_size, max_length, pooling):
             "min_cosine": cosine_min(ours, b)}
 
 
+def bench_gemm(shapes, repeats: int = 10) -> list[dict]:
+    """Bare float32 matmul GFLOP/s, JAX (XLA:CPU) against torch, interleaved, best of ``repeats``.
+
+    The floor under the identical-input comparison: at batch 32 both sides spend most of their
+    time in these products, so a ratio below 1 here caps the end-to-end ratio.
+    """
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for m, k, n in shapes:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        mm = jax.jit(jnp.matmul)
+        mm(ja, jb).block_until_ready()
+        torch.matmul(ta, tb)
+        t_j, t_t = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            mm(ja, jb).block_until_ready()
+            t_j.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            torch.matmul(ta, tb)
+            t_t.append(time.perf_counter() - t)
+        flop = 2.0 * m * k * n
+        rows.append({"shape": [m, k, n], "jax_gflops": flop / min(t_j) / 1e9,
+                     "torch_gflops": flop / min(t_t) / 1e9, "ratio": min(t_t) / min(t_j)})
+    return rows
+
+
 def mixed_corpus(n: int, seed: int = 0) -> list[str]:
     """Titles, sentences and whole articles of BBC News, shuffled together."""
     from linalign import data
@@ -175,6 +209,13 @@ def main(argv):
         logging.info("%s: pooling=%s, linalign load %.1fs", name, pooling, t_load)
         rows = [bench_fixed(m, ref, fixed_texts, int(b), FLAGS.fixed_length, pooling)
                 for b in FLAGS.batch_sizes]
+        cfg = m.module.config
+        tokens32 = 32 * FLAGS.fixed_length
+        gemm = bench_gemm([(tokens32, cfg.hidden_size, cfg.intermediate_size),
+                           (tokens32, cfg.intermediate_size, cfg.hidden_size)])
+        for g in gemm:
+            print(f"{name} bare matmul {g['shape']}: jax {g['jax_gflops']:.0f} GFLOP/s, torch "
+                  f"{g['torch_gflops']:.0f} GFLOP/s, ratio {g['ratio']:.2f}x", flush=True)
         for r in rows:
             print(f"{name} batch {r['batch_size']:>3}: linalign {r['linalign_tok_s']:8.0f} tok/s, "
                   f"transformers {r['transformers_tok_s']:8.0f} tok/s, ratio {r['ratio']:.2f}x "
@@ -185,7 +226,7 @@ def main(argv):
               f"{mx['linalign_warm_tok_s']:.0f} tok/s, transformers {mx['transformers_tok_s']:.0f} "
               f"tok/s, ratio cold {mx['ratio_cold']:.2f}x warm {mx['ratio_warm']:.2f}x "
               f"(max |diff| {mx['max_abs_diff']:.1e}, min cos {mx['min_cosine']:.6f})", flush=True)
-        results[name] = {"pooling": pooling, "fixed": rows, "mixed": mx, "load_s": t_load}
+        results[name] = {"pooling": pooling, "fixed": rows, "mixed": mx, "gemm": gemm, "load_s": t_load}
         del ref
     _write(out / "results.json", json.dumps(results, indent=1))
     lines = ["| model | setting | linalign tok/s | transformers tok/s | ratio |", "|---|---|---|---|---|"]
@@ -193,6 +234,9 @@ def main(argv):
         for f in r["fixed"]:
             lines.append(f"| {name} | identical inputs, batch {f['batch_size']} | "
                          f"{f['linalign_tok_s']:.0f} | {f['transformers_tok_s']:.0f} | {f['ratio']:.2f}x |")
+        for g in r["gemm"]:
+            lines.append(f"| {name} | bare matmul {'x'.join(map(str, g['shape']))} (GFLOP/s) | "
+                         f"{g['jax_gflops']:.0f} | {g['torch_gflops']:.0f} | {g['ratio']:.2f}x |")
         mx = r["mixed"]
         lines.append(f"| {name} | mixed corpus, batch {mx['batch_size']} (cold / warm) | "
                      f"{mx['linalign_cold_tok_s']:.0f} / {mx['linalign_warm_tok_s']:.0f} | "

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 # Bump when any family's convert_params output changes layout or values.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: attention kernels stored 2-D [in, out]
 _SEP = "/"
 
 

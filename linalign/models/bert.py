@@ -28,8 +28,15 @@ from linalign.models.base import (CheckpointError, ModelOutput, UnsupportedConfi
 MODEL_TYPES = ("bert",)
 IS_CAUSAL = False
 
+def gelu_erf(x):
+    """Exact (erf) GELU, HF's "gelu". Same formula as ``jax.nn.gelu(x, approximate=False)``, but
+    written as ``x * 0.5 * (1 + erf(x / sqrt(2)))`` with multiplications, which XLA:CPU runs ~1.6x
+    faster (2.6 vs 1.7 ms on a [2048, 1536] block; torch 1.6 ms)."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 ACTIVATIONS: dict[str, Callable] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form
+    "gelu": gelu_erf,  # HF "gelu" is the exact erf form
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,

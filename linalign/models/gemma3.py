@@ -135,6 +135,7 @@ class Attention(nn.Module):
         k = _norm(c.rms_norm_eps, "k_norm")(dense((c.num_kv_heads, c.head_dim), "k_proj")(x_btd))
         v = dense((c.num_kv_heads, c.head_dim), "v_proj")(x_btd)
         q, k = rope_lib.apply_rope(q, *cos_sin), rope_lib.apply_rope(k, *cos_sin)
+        k, v = llama.kv_layout(k, v)
         new_cache = None
         if kv_cache is not None:
             k, v = llama.write_cache(kv_cache[0], kv_cache[1], k, v, index)
@@ -200,7 +201,7 @@ class Model(nn.Module):
     def lm_head(self, h_btd):
         """Logits [..., vocab] (soft-capped if configured) for final-norm hidden states."""
         h_btd = h_btd.astype(self.dtype)
-        logits = self.embed_tokens.attend(h_btd) if self.config.tie_word_embeddings else self.lm_head_proj(h_btd)
+        logits = llama.tied_lm_head(self.embed_tokens.embedding, h_btd, self.dtype) if self.config.tie_word_embeddings else self.lm_head_proj(h_btd)
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = jnp.tanh(logits / cap) * cap
@@ -220,7 +221,7 @@ def convert_params(tensors: dict, config: Config, dtype=jnp.float32) -> dict:
     rows = [("model.embed_tokens.weight", (v, d), ("embed_tokens", "embedding"), ident),
             ("model.norm.weight", (d,), ("norm", "scale"), ident)]
     if not c.tie_word_embeddings:
-        rows.append(("lm_head.weight", (v, d), ("lm_head_proj", "kernel"), llama._t_in_out((v,))))
+        rows.append(("lm_head.weight", (v, d), ("lm_head_proj", "kernel"), llama._t))
     for i in range(c.num_layers):
         p, L = f"model.layers.{i}.", f"layers_{i}"
         for nm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
@@ -229,18 +230,17 @@ def convert_params(tensors: dict, config: Config, dtype=jnp.float32) -> dict:
         rows += [
             (p + "self_attn.q_norm.weight", (h,), (L, "self_attn", "q_norm", "scale"), ident),
             (p + "self_attn.k_norm.weight", (h,), (L, "self_attn", "k_norm", "scale"), ident),
-            (p + "self_attn.q_proj.weight", (n * h, d), (L, "self_attn", "q_proj", "kernel"), llama._t_in_out((n, h))),
-            (p + "self_attn.k_proj.weight", (k * h, d), (L, "self_attn", "k_proj", "kernel"), llama._t_in_out((k, h))),
-            (p + "self_attn.v_proj.weight", (k * h, d), (L, "self_attn", "v_proj", "kernel"), llama._t_in_out((k, h))),
-            (p + "self_attn.o_proj.weight", (d, n * h), (L, "self_attn", "o_proj", "kernel"), llama._t_out_in((n, h))),
-            (p + "mlp.gate_proj.weight", (f, d), (L, "gate_proj", "kernel"), llama._t_in_out((f,))),
-            (p + "mlp.up_proj.weight", (f, d), (L, "up_proj", "kernel"), llama._t_in_out((f,))),
-            (p + "mlp.down_proj.weight", (d, f), (L, "down_proj", "kernel"), llama._t_in_out((d,))),
+            (p + "self_attn.q_proj.weight", (n * h, d), (L, "self_attn", "q_proj", "kernel"), llama._t),
+            (p + "self_attn.k_proj.weight", (k * h, d), (L, "self_attn", "k_proj", "kernel"), llama._t),
+            (p + "self_attn.v_proj.weight", (k * h, d), (L, "self_attn", "v_proj", "kernel"), llama._t),
+            (p + "self_attn.o_proj.weight", (d, n * h), (L, "self_attn", "o_proj", "kernel"), llama._t),
+            (p + "mlp.gate_proj.weight", (f, d), (L, "gate_proj", "kernel"), llama._t),
+            (p + "mlp.up_proj.weight", (f, d), (L, "up_proj", "kernel"), llama._t),
+            (p + "mlp.down_proj.weight", (d, f), (L, "down_proj", "kernel"), llama._t),
         ]
         if c.attention_bias:
             for nm, heads in (("q_proj", n), ("k_proj", k), ("v_proj", k)):
-                rows.append((p + f"self_attn.{nm}.bias", (heads * h,), (L, "self_attn", nm, "bias"),
-                             lambda w, c_, heads=heads: w.reshape(heads, h)))
+                rows.append((p + f"self_attn.{nm}.bias", (heads * h,), (L, "self_attn", nm, "bias"), ident))
             rows.append((p + "self_attn.o_proj.bias", (d,), (L, "self_attn", "o_proj", "bias"), ident))
     return llama.apply_table(tensors, config, rows, dtype, "gemma3",
                              lambda name: name.endswith("inv_freq") or (name == "lm_head.weight" and c.tie_word_embeddings))

@@ -139,7 +139,8 @@ class KVCache:
     """Preallocated per-layer keys and values.
 
     Attributes:
-      k, v: tuples (one per layer) of [batch, max_len, kv_heads, head_dim].
+      k: tuple (one per layer) of [batch, kv_heads, head_dim, max_len] keys, stored transposed.
+      v: tuple (one per layer) of [batch, kv_heads, max_len, head_dim] values.
       valid_bs: [batch, max_len] bool, slot holds a real (non-padding) token.
       index: int32 scalar, next slot to write.
       seen_b: [batch] int32, real tokens written so far per row (the next position id).
@@ -165,9 +166,10 @@ class KVCache:
 
 def init_cache(num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
                dtype=jnp.float32) -> KVCache:
-    """An empty cache of fixed length ``max_len``."""
-    z = jnp.zeros((batch, max_len, num_kv_heads, head_dim), dtype)
-    return KVCache(k=tuple(z for _ in range(num_layers)), v=tuple(z for _ in range(num_layers)),
+    """An empty cache of fixed length ``max_len`` (layouts as in ``KVCache``)."""
+    zk = jnp.zeros((batch, num_kv_heads, head_dim, max_len), dtype)
+    zv = jnp.zeros((batch, num_kv_heads, max_len, head_dim), dtype)
+    return KVCache(k=tuple(zk for _ in range(num_layers)), v=tuple(zv for _ in range(num_layers)),
                    valid_bs=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32),
                    seen_b=jnp.zeros((batch,), jnp.int32))
 
@@ -215,11 +217,22 @@ def attention_mask(valid_bs, q_slot_t, window: Optional[int]):
     return valid_bs[:, None, :] & ok_ts[None]
 
 
-def attend(q_btnh, k_bskh, v_bskh, mask_bts, scale: float, softcap: Optional[float] = None):
+def kv_layout(k_btkh, v_btkh):
+    """New keys/values [B, T, K, H] -> the cache layouts: keys [B, K, H, T], values [B, K, T, H].
+
+    These are the operand layouts of the two attention products (batch over B and K), so XLA
+    reads the cache in place; with [B, S, K, H] it transposed both caches of every layer at
+    every decoding step.
+    """
+    return k_btkh.transpose(0, 2, 3, 1), v_btkh.transpose(0, 2, 1, 3)
+
+
+def attend(q_btnh, k_bkhs, v_bksh, mask_bts, scale: float, softcap: Optional[float] = None):
     """Grouped-query attention with float32 scores.
 
     Args:
-      q_btnh: [B, T, N, H] queries; k_bskh, v_bskh: [B, S, K, H] with N = K * G.
+      q_btnh: [B, T, N, H] queries.
+      k_bkhs: [B, K, H, S] keys and v_bksh: [B, K, S, H] values (``kv_layout``), N = K * G.
       mask_bts: [B, T, S] bool.
       scale: multiplies the scores (1/sqrt(H) for Llama; query_pre_attn_scalar^-0.5 for Gemma).
       softcap: tanh soft-capping of scores, if set.
@@ -228,30 +241,65 @@ def attend(q_btnh, k_bskh, v_bskh, mask_bts, scale: float, softcap: Optional[flo
       [B, T, N, H] in the query dtype.
     """
     b, t, n, h = q_btnh.shape
-    kv = k_bskh.shape[2]
-    q_btkgh = q_btnh.reshape(b, t, kv, n // kv, h)
-    s_bkgts = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
+    kv = k_bkhs.shape[1]
+    q_bkgth = q_btnh.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4)
+    s_bkgts = jnp.einsum("bkgth,bkhs->bkgts", q_bkgth, k_bkhs,
                          preferred_element_type=jnp.float32) * scale
     if softcap is not None:
         s_bkgts = jnp.tanh(s_bkgts / softcap) * softcap
     # A fully masked row (a padding query) gets uniform weights instead of NaN; it is never used.
     s_bkgts = jnp.where(mask_bts[:, None, None], s_bkgts, jnp.finfo(jnp.float32).min)
-    p_bkgts = jax.nn.softmax(s_bkgts, axis=-1).astype(v_bskh.dtype)
-    o_btkgh = jnp.einsum("bkgts,bskh->btkgh", p_bkgts, v_bskh)
-    return o_btkgh.reshape(b, t, n, h)
+    p_bkgts = jax.nn.softmax(s_bkgts, axis=-1).astype(v_bksh.dtype)
+    o_bkgth = jnp.einsum("bkgts,bksh->bkgth", p_bkgts, v_bksh)
+    return o_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def write_cache(k_cache, v_cache, k_new, v_new, index):
-    """Writes [B, T, K, H] keys/values at slot ``index`` of the preallocated cache."""
-    k = jax.lax.dynamic_update_slice(k_cache, k_new.astype(k_cache.dtype), (0, index, 0, 0))
-    v = jax.lax.dynamic_update_slice(v_cache, v_new.astype(v_cache.dtype), (0, index, 0, 0))
+    """Writes new keys [B, K, H, T] and values [B, K, T, H] at slot ``index`` of the caches."""
+    k = jax.lax.dynamic_update_slice(k_cache, k_new.astype(k_cache.dtype), (0, 0, 0, index))
+    v = jax.lax.dynamic_update_slice(v_cache, v_new.astype(v_cache.dtype), (0, 0, index, 0))
     return k, v
 
 
 # --------------------------------------------------------------------------- modules
+class Dense(nn.Module):
+    """A projection whose kernel is stored 2-D, ``[prod(in), prod(features)]``, with bias
+    ``[prod(features)]``, computed as one ``[rows, in] x [in, out]`` product; inputs and outputs
+    keep their head axes (``n_in`` trailing input axes are contracted).
+
+    Why not ``nn.DenseGeneral`` with a ``[D, N, H]`` kernel: XLA:CPU fuses the producer of the
+    matrix operand of a matrix-vector product into the product when the vector is small, and the
+    reshape of a 3-D kernel to 2-D is such a producer, so every batch-1 decoding projection became
+    a naive loop reading weights at ~4 GB/s instead of the library kernel's ~30 GB/s (SmolLM2-135M:
+    70 ms per token instead of 30). A 2-D parameter reaches the product untouched. On accelerators
+    it is the same matmul.
+    """
+
+    features: Any
+    n_in: int = 1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        feats = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        k_in, k_out = math.prod(x.shape[-self.n_in:]), math.prod(feats)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k_in, k_out), self.param_dtype)
+        lead = x.shape[:-self.n_in]
+        y = jnp.dot(x.reshape((-1, k_in)).astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (k_out,), self.param_dtype).astype(self.dtype)
+        return y.reshape(lead + feats)
+
+
 def _dense(features, axis=-1, bias=False, dtype=jnp.float32, name=None):
-    return nn.DenseGeneral(features=features, axis=axis, use_bias=bias, dtype=dtype,
-                           param_dtype=jnp.float32, name=name)
+    n_in = len(axis) if isinstance(axis, (tuple, list)) else 1
+    if isinstance(axis, (tuple, list)) and tuple(axis) != tuple(range(-n_in, 0)):
+        raise ValueError(f"Dense contracts trailing axes only, got axis={axis}")
+    if not isinstance(axis, (tuple, list)) and axis != -1:
+        raise ValueError(f"Dense contracts trailing axes only, got axis={axis}")
+    return Dense(features=features, n_in=n_in, use_bias=bias, dtype=dtype, name=name)
 
 
 class Attention(nn.Module):
@@ -270,6 +318,7 @@ class Attention(nn.Module):
             k = RMSNorm(c.rms_norm_eps, name="k_norm")(k)
         cos_bth, sin_bth = cos_sin
         q, k = rope_lib.apply_rope(q, cos_bth, sin_bth), rope_lib.apply_rope(k, cos_bth, sin_bth)
+        k, v = kv_layout(k, v)
         if kv_cache is not None:
             k, v = write_cache(kv_cache[0], kv_cache[1], k, v, index)
             new_cache = (k, v)
@@ -348,8 +397,21 @@ class Model(nn.Module):
         """Logits [..., vocab] for final-norm hidden states [..., hidden] (any source)."""
         h_btd = h_btd.astype(self.dtype)
         if self.config.tie_word_embeddings:
-            return self.embed_tokens.attend(h_btd)
+            return tied_lm_head(self.embed_tokens.embedding, h_btd, self.dtype)
         return self.lm_head_proj(h_btd)
+
+
+def tied_lm_head(embedding_vd, h_d, dtype):
+    """Logits ``h @ E.T`` for a tied head, as ``(E @ h.T).T``.
+
+    Written this way the [V, D] table is read in its stored row-major layout; XLA:CPU lowers
+    ``h @ E.T`` (``nn.Embed.attend``) to a physical transpose of the whole table first, a 113 MB
+    copy per decoding step for SmolLM2-135M.
+    """
+    lead = h_d.shape[:-1]
+    h_nd = h_d.reshape((-1, h_d.shape[-1])).astype(dtype)
+    logits_vn = jnp.dot(embedding_vd.astype(dtype), h_nd.T)
+    return logits_vn.T.reshape(lead + (embedding_vd.shape[0],))
 
 
 def run_decoder(model, x_btd, input_ids, attention_mask, positions, cache, output_hidden_states,
@@ -411,18 +473,9 @@ def new_cache(config: Config, batch: int, max_len: int, dtype=jnp.float32) -> KV
 
 
 # --------------------------------------------------------------------------- conversion
-def _t_in_out(shape_out):
-    """HF Linear weight [out, in] -> kernel [in, *shape_out]."""
-    def f(w, c):
-        return w.T.reshape((w.shape[1],) + tuple(shape_out))
-    return f
-
-
-def _t_out_in(shape_in):
-    """HF o_proj weight [D, N*H] -> kernel [N, H, D]."""
-    def f(w, c):
-        return w.T.reshape(tuple(shape_in) + (w.shape[0],))
-    return f
+def _t(w, c):
+    """HF Linear weight [out, in] -> 2-D kernel [in, out] (see ``Dense``)."""
+    return w.T
 
 
 def _ident(w, c):
@@ -436,24 +489,23 @@ def conversion_table(config: Config) -> list:
     rows = [("model.embed_tokens.weight", (v, d), ("embed_tokens", "embedding"), _ident),
             ("model.norm.weight", (d,), ("norm", "scale"), _ident)]
     if not c.tie_word_embeddings:
-        rows.append(("lm_head.weight", (v, d), ("lm_head_proj", "kernel"), _t_in_out((v,))))
+        rows.append(("lm_head.weight", (v, d), ("lm_head_proj", "kernel"), _t))
     for i in range(c.num_layers):
         p, L = f"model.layers.{i}.", f"layers_{i}"
         rows += [
             (p + "input_layernorm.weight", (d,), (L, "input_layernorm", "scale"), _ident),
             (p + "post_attention_layernorm.weight", (d,), (L, "post_attention_layernorm", "scale"), _ident),
-            (p + "self_attn.q_proj.weight", (n * h, d), (L, "self_attn", "q_proj", "kernel"), _t_in_out((n, h))),
-            (p + "self_attn.k_proj.weight", (k * h, d), (L, "self_attn", "k_proj", "kernel"), _t_in_out((k, h))),
-            (p + "self_attn.v_proj.weight", (k * h, d), (L, "self_attn", "v_proj", "kernel"), _t_in_out((k, h))),
-            (p + "self_attn.o_proj.weight", (d, n * h), (L, "self_attn", "o_proj", "kernel"), _t_out_in((n, h))),
-            (p + "mlp.gate_proj.weight", (f, d), (L, "mlp", "gate_proj", "kernel"), _t_in_out((f,))),
-            (p + "mlp.up_proj.weight", (f, d), (L, "mlp", "up_proj", "kernel"), _t_in_out((f,))),
-            (p + "mlp.down_proj.weight", (d, f), (L, "mlp", "down_proj", "kernel"), _t_in_out((d,))),
+            (p + "self_attn.q_proj.weight", (n * h, d), (L, "self_attn", "q_proj", "kernel"), _t),
+            (p + "self_attn.k_proj.weight", (k * h, d), (L, "self_attn", "k_proj", "kernel"), _t),
+            (p + "self_attn.v_proj.weight", (k * h, d), (L, "self_attn", "v_proj", "kernel"), _t),
+            (p + "self_attn.o_proj.weight", (d, n * h), (L, "self_attn", "o_proj", "kernel"), _t),
+            (p + "mlp.gate_proj.weight", (f, d), (L, "mlp", "gate_proj", "kernel"), _t),
+            (p + "mlp.up_proj.weight", (f, d), (L, "mlp", "up_proj", "kernel"), _t),
+            (p + "mlp.down_proj.weight", (d, f), (L, "mlp", "down_proj", "kernel"), _t),
         ]
         if c.attention_bias:
             for nm, heads in (("q_proj", n), ("k_proj", k), ("v_proj", k)):
-                rows.append((p + f"self_attn.{nm}.bias", (heads * h,), (L, "self_attn", nm, "bias"),
-                             lambda w, c_, heads=heads: w.reshape(heads, h)))
+                rows.append((p + f"self_attn.{nm}.bias", (heads * h,), (L, "self_attn", nm, "bias"), _ident))
         if c.o_proj_bias:
             rows.append((p + "self_attn.o_proj.bias", (d,), (L, "self_attn", "o_proj", "bias"), _ident))
         if c.mlp_bias:
