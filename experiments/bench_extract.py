@@ -12,6 +12,8 @@ Two measurements per model, both in float32, both pooling the final hidden state
    forward, pooling, restoring the order); transformers gets the same batch size with dynamic
    padding per batch in corpus order (its usual pipeline), tokenization included. linalign is
    timed cold (compilations included) and warm (second run in the same process).
+3. Bare matmul: one float32 product of the model's MLP shapes at 32 x ``--fixed_length`` rows in
+   both libraries, interleaved, best of 10 (GFLOP/s): the floor under the batch-32 comparison.
 Also prints how far the two pooled outputs are apart (max abs difference, min cosine).
 
   PYTHONPATH=. python experiments/bench_extract.py          # MiniLM and SmolLM2
