@@ -28,6 +28,7 @@ from linalign.models.base import (CheckpointError, ModelOutput, UnsupportedConfi
 MODEL_TYPES = ("bert",)
 IS_CAUSAL = False
 
+
 def gelu_erf(x):
     """Exact (erf) GELU, HF's "gelu". Same formula as ``jax.nn.gelu(x, approximate=False)``, but
     written as ``x * 0.5 * (1 + erf(x / sqrt(2)))`` with multiplications, which XLA:CPU runs ~1.6x

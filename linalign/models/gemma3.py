@@ -201,7 +201,10 @@ class Model(nn.Module):
     def lm_head(self, h_btd):
         """Logits [..., vocab] (soft-capped if configured) for final-norm hidden states."""
         h_btd = h_btd.astype(self.dtype)
-        logits = llama.tied_lm_head(self.embed_tokens.embedding, h_btd, self.dtype) if self.config.tie_word_embeddings else self.lm_head_proj(h_btd)
+        if self.config.tie_word_embeddings:
+            logits = llama.tied_lm_head(self.embed_tokens.embedding, h_btd, self.dtype)
+        else:
+            logits = self.lm_head_proj(h_btd)
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = jnp.tanh(logits / cap) * cap

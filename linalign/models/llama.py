@@ -294,12 +294,10 @@ class Dense(nn.Module):
 
 
 def _dense(features, axis=-1, bias=False, dtype=jnp.float32, name=None):
-    n_in = len(axis) if isinstance(axis, (tuple, list)) else 1
-    if isinstance(axis, (tuple, list)) and tuple(axis) != tuple(range(-n_in, 0)):
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    if axes != tuple(range(-len(axes), 0)):
         raise ValueError(f"Dense contracts trailing axes only, got axis={axis}")
-    if not isinstance(axis, (tuple, list)) and axis != -1:
-        raise ValueError(f"Dense contracts trailing axes only, got axis={axis}")
-    return Dense(features=features, n_in=n_in, use_bias=bias, dtype=dtype, name=name)
+    return Dense(features=features, n_in=len(axes), use_bias=bias, dtype=dtype, name=name)
 
 
 class Attention(nn.Module):
