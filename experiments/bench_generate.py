@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -25,7 +26,7 @@ flags.DEFINE_string("prompt", "What is the capital of France?", "user message (c
 flags.DEFINE_integer("new_tokens", 64, "tokens to generate")
 flags.DEFINE_integer("threads", 2, "torch intra-op threads")
 flags.DEFINE_integer("repeats", 3, "timed runs per side (best is reported)")
-flags.DEFINE_string("out_json", None, "optional path for the numbers as JSON")
+flags.DEFINE_string("out", None, "optional output directory: results.json, results.md, results.png")
 
 
 def setup_linalign(path, prompt, n):
@@ -100,23 +101,55 @@ def main(argv):
         t0 = time.perf_counter()
         theirs = theirs_run()
         t_ref.append(time.perf_counter() - t0)
+    runs = {"linalign_tok_s": [n / t for t in t_ours], "transformers_tok_s": [n / t for t in t_ref]}
     t_ours, t_ref = min(t_ours), min(t_ref)
     same = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
     res = {
         "model": path.name, "prompt_tokens": int(ids.shape[1]), "new_tokens": n, "torch_threads": FLAGS.threads,
         "linalign_tok_s": n / t_ours, "transformers_tok_s": n / t_ref, "ratio": t_ref / t_ours,
         "linalign_compile_s": compile_s, "identical_prefix_tokens": same, "load_avg_1m": os.getloadavg()[0],
-        "linalign_text": tok.decode(ours),
+        "linalign_text": tok.decode(ours), "runs": runs,
+        "command": "PYTHONPATH=. python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
     }
     print(f"linalign      {res['linalign_tok_s']:8.1f} tok/s  (compile {compile_s:.1f} s, excluded)")
     print(f"transformers  {res['transformers_tok_s']:8.1f} tok/s  (torch threads {FLAGS.threads})")
     print(f"ratio         {res['ratio']:8.2f}x   identical first {same}/{n} tokens; "
           f"load avg {res['load_avg_1m']:.1f} (shared machine)")
-    if FLAGS.out_json:
-        tmp = FLAGS.out_json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=2)
-        os.replace(tmp, FLAGS.out_json)
+    if FLAGS.out:
+        write_results(pathlib.Path(FLAGS.out), res)
+
+
+def write_results(out, res) -> None:
+    """results.json, a one-row results.md and results.png (tokens/s of every alternating run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = ("| model | prompt tokens | new tokens | linalign tok/s | transformers tok/s | ratio | "
+          "identical tokens |\n|---|---|---|---|---|---|---|\n"
+          f"| {res['model']} | {res['prompt_tokens']} | {res['new_tokens']} | {res['linalign_tok_s']:.1f} | "
+          f"{res['transformers_tok_s']:.1f} | {res['ratio']:.2f}x | "
+          f"{res['identical_prefix_tokens']}/{res['new_tokens']} |\n\n"
+          f"`{res['command']}` (float32, batch 1, torch on {res['torch_threads']} threads, runs alternating "
+          f"between the two sides, best of {len(res['runs']['linalign_tok_s'])} each, compile excluded)\n")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key, label in (("linalign_tok_s", "linalign (JAX)"), ("transformers_tok_s", "transformers (PyTorch)")):
+        ax.plot(range(1, len(res["runs"][key]) + 1), res["runs"][key], "o-", label=label)
+    ax.set_xticks(range(1, len(res["runs"]["linalign_tok_s"]) + 1))
+    ax.set_xlabel("run (the two sides alternate)")
+    ax.set_ylabel("new tokens / s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"greedy decoding, batch 1: best of each side {res['ratio']:.2f}x")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    for name, write in (("results.json", lambda f: f.write_text(json.dumps(res, indent=2))),
+                        ("results.md", lambda f: f.write_text(md)),
+                        ("results.png", lambda f: fig.savefig(f, dpi=120, format="png"))):
+        tmp = out / (name + ".tmp")
+        write(tmp)
+        os.replace(tmp, out / name)
 
 
 if __name__ == "__main__":
