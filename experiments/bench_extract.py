@@ -153,9 +153,9 @@ def bench_layer_gemms(cfg, rows: int, repeats: int = 5) -> dict:
     """Only the model's weight products, all layers, ``rows`` tokens, in JAX and in torch.
 
     Each layer's products feed the next layer's input (nothing is dead code); the two sides are
-    timed interleaved, best of ``repeats``. At these shapes both sides spend most
-    of an identical-input forward in exactly these products, so this ratio is the floor the
-    end-to-end ratio sits on; the difference is everything else (attention, norms, activations).
+    timed interleaved, best of ``repeats``. Both sides spend most of an identical-input forward
+    in exactly these products, so this ratio is the floor the end-to-end ratio sits on; the
+    difference is everything else (attention, norms, activations).
     """
     import jax
     import jax.numpy as jnp
@@ -178,7 +178,7 @@ def bench_layer_gemms(cfg, rows: int, repeats: int = 5) -> dict:
                 x = x + 1e-3 * ((x @ ws[4]) @ ws[5])
         return x
 
-    jf = jax.jit(lambda x, ws: layers(x, ws))
+    jf = jax.jit(layers)
     jx, jw = jnp.asarray(x0), [jnp.asarray(w) for w in ws]
     tx, tw = torch.from_numpy(x0), [torch.from_numpy(w) for w in ws]
     jf(jx, jw).block_until_ready()

@@ -6,7 +6,8 @@ torch limited to ``--threads`` threads. linalign's time excludes the one-off com
 separately); warm runs alternate between the two sides and the best of ``--repeats`` of each is
 reported.
 
-    PYTHONPATH=. python experiments/bench_generate.py --new_tokens=64 --threads=2
+    PYTHONPATH=. python experiments/bench_generate.py --new_tokens=64 --threads=2 --repeats=5 \
+        --out=docs/results/bench_generate
 
 Prints tokens/s for both and the ratio (target >= 1.2x).
 """
