@@ -24,12 +24,15 @@ Writes results.json, results.md and results.png under --out.
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 import time
 
 import numpy as np
 from absl import app, flags, logging
+
+from linalign.eval.report import atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["all-minilm-l6-v2", "smollm2-135m-instruct"], "Asset names or paths.")
@@ -249,7 +252,7 @@ def main(argv):
               f"(max |diff| {mx['max_abs_diff']:.1e}, min cos {mx['min_cosine']:.6f})", flush=True)
         results[name] = {"pooling": pooling, "fixed": rows, "mixed": mx, "load_s": t_load}
         del ref
-    _write(out / "results.json", json.dumps(results, indent=1))
+    atomic_write(out / "results.json", json.dumps(results, indent=1))
     lines = ["| model | setting | linalign tok/s | transformers tok/s | ratio | weight products alone: "
              "JAX / torch GFLOP/s (ratio) |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
@@ -262,15 +265,9 @@ def main(argv):
         lines.append(f"| {name} | mixed corpus, batch {mx['batch_size']} (cold / warm) | "
                      f"{mx['linalign_cold_tok_s']:.0f} / {mx['linalign_warm_tok_s']:.0f} | "
                      f"{mx['transformers_tok_s']:.0f} | {mx['ratio_cold']:.2f}x / {mx['ratio_warm']:.2f}x | |")
-    _write(out / "results.md", "\n".join(lines) + "\n")
+    atomic_write(out / "results.md", "\n".join(lines) + "\n")
     _plot(results, out / "results.png")
     print("\n".join(lines))
-
-
-def _write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _plot(results, path):
@@ -292,9 +289,10 @@ def _plot(results, path):
         ax.set_title(name)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=120, format="png")
+    plt.close(fig)
+    atomic_write(path, png.getvalue())
 
 
 if __name__ == "__main__":

@@ -122,12 +122,15 @@ def main(argv):
 
 def write_results(out, res) -> None:
     """results.json, a one-row results.md and results.png (tokens/s of every alternating run)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
+    from linalign.eval.report import atomic_write
+
     md = ("| model | prompt tokens | new tokens | linalign tok/s | transformers tok/s | ratio | "
           "identical tokens |\n|---|---|---|---|---|---|---|\n"
           f"| {res['model']} | {res['prompt_tokens']} | {res['new_tokens']} | {res['linalign_tok_s']:.1f} | "
@@ -145,12 +148,12 @@ def write_results(out, res) -> None:
     ax.set_title(f"greedy decoding, batch 1: best of each side {res['ratio']:.2f}x")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    for name, write in (("results.json", lambda f: f.write_text(json.dumps(res, indent=2))),
-                        ("results.md", lambda f: f.write_text(md)),
-                        ("results.png", lambda f: fig.savefig(f, dpi=120, format="png"))):
-        tmp = out / (name + ".tmp")
-        write(tmp)
-        os.replace(tmp, out / name)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=120, format="png")
+    plt.close(fig)
+    atomic_write(out / "results.json", json.dumps(res, indent=2))
+    atomic_write(out / "results.md", md)
+    atomic_write(out / "results.png", png.getvalue())
 
 
 if __name__ == "__main__":

@@ -16,7 +16,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 
-def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Writes ``data`` (text is UTF-8 encoded) to a temporary file beside ``path``, then renames it
+    over ``path``, so readers never see a half-written file."""
+    path = pathlib.Path(path)
+    if isinstance(data, str):
+        data = data.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -99,7 +104,7 @@ class Report:
 
         plt.close(fig)
         fname = f"{name}.png"
-        _atomic_write_bytes(self.dir / fname, buf.getvalue())
+        atomic_write(self.dir / fname, buf.getvalue())
         self.files.append(fname)
         self.parts.append(f"![{name}]({fname})\n")
         return fname
@@ -175,7 +180,7 @@ class Report:
 
     def write(self) -> pathlib.Path:
         """Writes report.md and results.json; returns the study folder."""
-        _atomic_write_bytes(self.dir / "results.json",
+        atomic_write(self.dir / "results.json",
                             json.dumps(_jsonable(self.results), indent=2, sort_keys=True).encode())
-        _atomic_write_bytes(self.dir / "report.md", "\n".join(self.parts).encode())
+        atomic_write(self.dir / "report.md", "\n".join(self.parts).encode())
         return self.dir
