@@ -32,7 +32,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from linalign.eval.report import atomic_write
+from linalign.atomic import atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["all-minilm-l6-v2", "smollm2-135m-instruct"], "Asset names or paths.")

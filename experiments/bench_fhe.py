@@ -29,6 +29,8 @@ import traceback
 import numpy as np
 from absl import app, flags, logging
 
+from linalign.atomic import atomic_file, atomic_write
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("backends", ["tenseal-dot", "tenseal", "seal", "concrete"], "Backends to compare.")
 flags.DEFINE_list("dims", ["384", "576", "768", "2048", "4096"], "Input widths d.")
@@ -45,12 +47,6 @@ flags.DEFINE_bool("skip_fit", False, "Skip the fitting phase.")
 flags.DEFINE_bool("quick", False, "Small grid: d 384,768; K 2,5; n 4096; 2 fit columns; 6 queries.")
 flags.DEFINE_string("out", "results/bench_fhe", "Output directory.")
 flags.DEFINE_bool("plot_only", False, "Re-render results.md and results.png from --out/results.json.")
-
-
-def _write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _task(d: int, k: int, seed: int = 0):
@@ -367,9 +363,8 @@ def _plot(infer: list[dict], path: pathlib.Path) -> None:
         ax.set_ylabel(lab)
     axes[0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def main(argv):
@@ -381,7 +376,7 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     if FLAGS.plot_only:
         res = json.loads((out / "results.json").read_text())
-        _write(out / "results.md", _markdown(res["inference"], res["fitting"], res["meta"]))
+        atomic_write(out / "results.md", _markdown(res["inference"], res["fitting"], res["meta"]))
         _plot(res["inference"], out / "results.png")
         return
     import sys
@@ -399,7 +394,7 @@ def main(argv):
     def save_partial(infer_rows, fit_rows):
         """Writes results.json after every cell (meta.partial = True) so a cut-short run keeps them."""
         part = {**meta, "partial": True, "wall_s": time.perf_counter() - t0}
-        _write(out / "results.json", json.dumps({"meta": part, "inference": infer_rows, "fitting": fit_rows},
+        atomic_write(out / "results.json", json.dumps({"meta": part, "inference": infer_rows, "fitting": fit_rows},
                                                 indent=1, default=float))
 
     infer = bench_infer(lambda rows: save_partial(rows, []))
@@ -407,10 +402,10 @@ def main(argv):
     meta["partial"] = False
     meta["load_avg_end"] = os.getloadavg()
     meta["wall_s"] = time.perf_counter() - t0
-    _write(out / "results.json", json.dumps({"meta": meta, "inference": infer, "fitting": fit}, indent=1,
+    atomic_write(out / "results.json", json.dumps({"meta": meta, "inference": infer, "fitting": fit}, indent=1,
                                             default=float))
     md = _markdown(infer, fit, meta)
-    _write(out / "results.md", md)
+    atomic_write(out / "results.md", md)
     _plot(infer, out / "results.png")
     print(md)
     print("eval speedup vs tenseal-dot (>1 = faster than the baseline):")

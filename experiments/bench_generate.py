@@ -129,7 +129,7 @@ def write_results(out, res) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from linalign.eval.report import atomic_write
+    from linalign.atomic import atomic_write
 
     md = ("| model | prompt tokens | new tokens | linalign tok/s | transformers tok/s | ratio | "
           "identical tokens |\n|---|---|---|---|---|---|---|\n"

@@ -11,12 +11,13 @@ baseline/packed speed ratio. Fitting: wall time of each phase and bytes each way
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import time
 
 import numpy as np
 from absl import app, flags, logging
+
+from linalign.atomic import atomic_file, atomic_write
 
 from linalign.fhe import base
 
@@ -32,12 +33,6 @@ flags.DEFINE_integer("d_a", 768, "Fitting: provider dimension.")
 flags.DEFINE_integer("max_columns", 0, "Fitting: time only this many of the d_b + 1 columns and "
                      "extrapolate linearly (every column costs the same); 0 = all.")
 flags.DEFINE_string("out", "results/helix", "Output directory.")
-
-
-def _write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def bench_infer(out: pathlib.Path) -> None:
@@ -69,14 +64,14 @@ def bench_infer(out: pathlib.Path) -> None:
     for row in rows:
         ref = [r for r in rows if r["d"] == row["d"] and r["k"] == row["k"] and r["backend"] == "tenseal-dot"]
         row["speedup_vs_dot"] = ref[0]["eval_ms"] / row["eval_ms"] if ref else None
-    _write(out / "infer.json", json.dumps(rows, indent=1))
+    atomic_write(out / "infer.json", json.dumps(rows, indent=1))
     lines = ["| d | K | backend | eval ms | round trip ms | per-query KB | setup MB | max err | x vs dot |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sp = f"{r['speedup_vs_dot']:.1f}" if r["speedup_vs_dot"] else "-"
         lines.append(f"| {r['d']} | {r['k']} | {r['backend']} | {r['eval_ms']:.1f} | {r['roundtrip_ms']:.1f} | "
                      f"{r['per_query_bytes'] / 1e3:.0f} | {r['setup_bytes'] / 1e6:.1f} | {r['max_abs_err']:.1e} | {sp} |")
-    _write(out / "infer.md", "\n".join(lines) + "\n")
+    atomic_write(out / "infer.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
 
@@ -95,9 +90,8 @@ def bench_infer(out: pathlib.Path) -> None:
     ax.set_xlabel("d x K")
     ax.legend()
     fig.tight_layout()
-    tmp = out / "infer.tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, out / "infer.png")
+    with atomic_file(out / "infer.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def bench_fit(out: pathlib.Path) -> None:
@@ -140,7 +134,7 @@ def bench_fit(out: pathlib.Path) -> None:
            "down_bytes": int(down * factor),
            "max_abs_err": float(np.abs(cross - ref).max()), "max_abs_ref": float(np.abs(ref).max())}
     print(json.dumps(res, indent=1))
-    _write(out / f"fit_n{n}_b{d_b}_a{d_a}.json", json.dumps(res, indent=1))
+    atomic_write(out / f"fit_n{n}_b{d_b}_a{d_a}.json", json.dumps(res, indent=1))
 
 
 def main(argv):

@@ -23,6 +23,8 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from linalign.atomic import atomic_write
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("provider_model", "all-mpnet-base-v2", "Model A (asset name or path).")
 flags.DEFINE_string("client_model", "all-minilm-l6-v2", "Model B (asset name or path).")
@@ -129,13 +131,9 @@ def main(argv):
     res["command"] = "python experiments/helix_bbc.py " + " ".join(sys.argv[1:])
     text = json.dumps(res, indent=1)
     print(text)
-    tmp_json = out / "helix_bbc.json.tmp"
-    tmp_json.write_text(text)
-    os.replace(tmp_json, out / "helix_bbc.json")
+    atomic_write(out / "helix_bbc.json", text)
     md = ["| quantity | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in res.items()]
-    tmp_md = out / "helix_bbc.md.tmp"
-    tmp_md.write_text("\n".join(md) + "\n")
-    os.replace(tmp_md, out / "helix_bbc.md")
+    atomic_write(out / "helix_bbc.md", "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import uuid
 from typing import Any, Optional, Union
 
 import jax
@@ -24,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from linalign.align.validate import AlignInputError, check_matrix
+from linalign.atomic import atomic_dir, atomic_write_json
 
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
@@ -181,27 +180,11 @@ class AffineMap:
         target = pathlib.Path(directory).absolute()
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-        try:
-            tmp.mkdir()
+        with atomic_dir(target, replace=True) as tmp:
             params = {"W": np.asarray(self.w), "b": np.asarray(self.b)}
             ckptr = ocp.PyTreeCheckpointer()
             ckptr.save(tmp / PARAMS, params)
-            with open(tmp / METADATA, "w") as f:
-                json.dump(self.metadata.to_json(), f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            atomic_write_json(tmp / METADATA, self.metadata.to_json())
         return target
 
     @classmethod

@@ -7,14 +7,10 @@ the held-out rows are kept in memory for lambda selection and evaluation. Then o
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import pathlib
-import shutil
 import sys
 import time
-import uuid
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,6 +18,7 @@ from absl import logging
 
 import linalign.align.solve  # noqa: F401  (the package re-exports a function of the same name)
 from linalign.align.affine_map import AffineMap, MapMetadata
+from linalign.atomic import atomic_dir, atomic_write, atomic_write_json
 from linalign.align.sources import EmbeddingSource, check_paired
 from linalign.align.stats import Accumulator
 from linalign.align.validate import AlignInputError
@@ -210,26 +207,10 @@ def write_fit(result: FitResult, out_dir, overwrite: bool = False) -> pathlib.Pa
     failure leaves no partial output.
     """
     out = pathlib.Path(out_dir).absolute()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
-        tmp.mkdir()
+    with atomic_dir(out, replace=overwrite) as tmp:
         result.map.save(tmp / "map")
-        with open(tmp / "report.json", "w") as f:
-            json.dump(result.report, f, indent=1)
-        (tmp / "report.md").write_text(_markdown(result.report))
+        atomic_write_json(tmp / "report.json", result.report, sort_keys=False)
+        atomic_write(tmp / "report.md", _markdown(result.report))
         if result.val_scores is not None:
             _plot_scores(result, tmp / "lambda.png")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -19,10 +19,11 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any, Optional
 
 import numpy as np
+
+from linalign.atomic import atomic_dir
 
 # Bump when any family's convert_params output changes layout or values.
 CONVERTER_VERSION = 2  # 2: attention kernels stored 2-D [in, out]
@@ -87,20 +88,11 @@ def save(key: str, params: Any, meta: dict, root: Optional[os.PathLike] = None) 
     base = cache_dir(root)
     base.mkdir(parents=True, exist_ok=True)
     final = base / key
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.", dir=base))
-    try:
+    # Another process that finishes the same entry first wins; theirs is as good as ours.
+    with atomic_dir(final, keep_existing=True) as tmp:
         save_file(flatten(params), str(tmp / "params.safetensors"))
         meta = dict(meta, converter_version=CONVERTER_VERSION)
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            # Another process finished the same entry first; theirs is as good as ours.
-            if not (final / "meta.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -31,6 +31,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from linalign.atomic import atomic_write
+
 MANIFEST_VERSION = 1
 
 
@@ -55,15 +57,6 @@ def _files(root: epath.Path) -> dict[str, epath.Path]:
             else:
                 out[str(p.relative_to(root))] = p
     return out
-
-
-def _atomic_write_text(path: epath.Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    if str(path).startswith(("gs://", "s3://")):
-        tmp.rename(path)  # object stores: a single-object rename is atomic enough
-    else:
-        os.replace(os.fspath(tmp), os.fspath(path))
 
 
 class FitCheckpointer:
@@ -116,7 +109,7 @@ class FitCheckpointer:
             root = self._step_dir(step)
             files = {rel: {"size": p.stat().length, "sha256": _sha256(p)}
                      for rel, p in sorted(_files(root).items())}
-            _atomic_write_text(self._manifest_path(step), json.dumps(
+            atomic_write(self._manifest_path(step), json.dumps(
                 {"version": MANIFEST_VERSION, "step": step, "files": files}, indent=1))
         multihost_utils.sync_global_devices(f"linalign_ckpt_manifest_{step}")
         complete = [s for s in self.all_steps() if self._manifest_path(s).exists()]

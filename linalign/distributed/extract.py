@@ -17,13 +17,13 @@ fit accepts it wherever it accepts a store.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Optional, Sequence
 
 import numpy as np
 from absl import logging
 
+from linalign.atomic import atomic_write_json
 from linalign.distributed import runtime
 from linalign.extract import store as store_lib
 
@@ -111,9 +111,7 @@ def write_index(out_dir, process_count: int) -> dict:
         raise store_lib.StoreError(f"parted store {out}: parts hold {rows} rows, the corpus has "
                                    f"{corpus_rows}")
     index = {"version": PART_FORMAT, "num_rows": rows, "parts": parts, **first}
-    tmp = out / f".{INDEX}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-    os.replace(tmp, out / INDEX)
+    atomic_write_json(out / INDEX, index)
     return index
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from linalign.align import sharding as shd
+from linalign.atomic import atomic_file
 from linalign.align import stats as stats_lib
 from linalign.distributed import streaming_fit as sf
 
@@ -284,9 +285,8 @@ def write_plan_report(out_dir: str, reports: list, facts: dict, mesh_shape: dict
                "reports": [r.to_json() for r in reports], "model": facts}
 
     def put(name, write):
-        tmp = os.path.join(out_dir, f".{name}.tmp-{os.getpid()}")
-        write(tmp)
-        os.replace(tmp, os.path.join(out_dir, name))
+        with atomic_file(os.path.join(out_dir, name)) as tmp:
+            write(tmp)
 
     put("plan.json", lambda t: open(t, "w").write(json.dumps(payload, indent=1, default=str)))
     rows = ["| program | arguments MiB | outputs MiB | temporaries MiB | aliased MiB | peak MiB |",

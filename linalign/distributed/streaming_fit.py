@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from linalign.align import sharding as shd
 from linalign.align import stats as stats_lib
 from linalign.align.validate import check_pair
+from linalign.atomic import atomic_file, atomic_write_json
 from linalign.distributed import runtime
 from linalign.distributed.checkpointing import CheckpointCorruptError, FitCheckpointer
 
@@ -389,10 +390,8 @@ def stats_to_host(stats: stats_lib.SufficientStats) -> dict[str, np.ndarray]:
 
 
 def _atomic_npz(path: str, arrays: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def write_outputs(out_dir: str, stats_np: dict, lam: float, plan: FitPlan,
@@ -403,12 +402,10 @@ def write_outputs(out_dir: str, stats_np: dict, lam: float, plan: FitPlan,
     os.makedirs(out_dir, exist_ok=True)
     _atomic_npz(os.path.join(out_dir, "stats.npz"), stats_np)
     _atomic_npz(os.path.join(out_dir, "map.npz"), {"W": w_ba, "b": b_a, "lam": np.float64(lam)})
-    tmp = os.path.join(out_dir, f".fit.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump({"plan": plan.to_json(), "lam": lam, "n": int(stats_np["n"]),
-                   "process_count": jax.process_count(), "device_count": jax.device_count()},
-                  f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "fit.json"))
+    atomic_write_json(os.path.join(out_dir, "fit.json"),
+                      {"plan": plan.to_json(), "lam": lam, "n": int(stats_np["n"]),
+                       "process_count": jax.process_count(), "device_count": jax.device_count()},
+                      sort_keys=False)
 
 
 def finish(fit: StreamingFit, stats: stats_lib.SufficientStats, out_dir: str, lam: float) -> dict:

@@ -10,28 +10,11 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Writes ``data`` (text is UTF-8 encoded) to a temporary file beside ``path``, then renames it
-    over ``path``, so readers never see a half-written file."""
-    path = pathlib.Path(path)
-    if isinstance(data, str):
-        data = data.encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from linalign.atomic import atomic_write
 
 
 def _jsonable(x):

@@ -36,6 +36,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from linalign.atomic import atomic_file, atomic_write_json
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SUPPORTED_DTYPES = ("float32", "float16", "float64")
@@ -79,24 +81,15 @@ def _sha256_file(path: pathlib.Path) -> str:
 
 
 def _atomic_save_npy(path: pathlib.Path, arr: np.ndarray) -> str:
-    """Writes ``arr`` to ``path`` via a temporary file + rename; returns its sha256."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = _sha256_file(tmp)
-    os.replace(tmp, path)
+    """Writes ``arr`` to ``path`` atomically; returns its sha256."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = _sha256_file(tmp)
     return digest
 
-
-def _atomic_write_json(path: pathlib.Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -195,7 +188,7 @@ class StoreWriter:
         for p in self.path.glob("shard-*"):
             if p.name not in listed:
                 p.unlink()
-        _atomic_write_json(mpath, self.manifest)
+        atomic_write_json(mpath, self.manifest)
 
     @property
     def num_rows(self) -> int:
@@ -264,7 +257,7 @@ class StoreWriter:
                                         "sha256": _atomic_save_npy(self.path / fname, arr)}
         m["shards"].append(entry)
         m["num_rows"] += rows
-        _atomic_write_json(self.path / MANIFEST, m)
+        atomic_write_json(self.path / MANIFEST, m)
 
     def finalize(self) -> "EmbeddingStore":
         """Marks the store complete (checking ``total_rows`` if given) and opens it."""
@@ -273,7 +266,7 @@ class StoreWriter:
         if total is not None and int(total) != m["num_rows"]:
             raise StoreError(f"store has {m['num_rows']} rows but total_rows={total}")
         m["complete"] = True
-        _atomic_write_json(self.path / MANIFEST, m)
+        atomic_write_json(self.path / MANIFEST, m)
         return EmbeddingStore(self.path, m)
 
 

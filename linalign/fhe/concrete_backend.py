@@ -27,7 +27,6 @@ crypto parameters come out of compiling the provider's circuit:
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from linalign.atomic import atomic_dir
 from linalign.fhe import compat
 
 DEFAULT_CANDIDATE_BITS = (3, 4, 5, 6, 7, 8, 10, 12)
@@ -263,18 +263,8 @@ class ConcreteProvider:
         """Writes client.zip and server.zip into ``path_dir`` (temp dir, then one rename)."""
         from concrete.ml.deployment import FHEModelDev
 
-        if path_dir.exists() and any(path_dir.iterdir()):
-            raise FileExistsError(f"export directory {path_dir} is not empty")
-        path_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=".cml_export_", dir=path_dir.parent))
-        try:
+        with atomic_dir(path_dir) as tmp:  # refuses a non-empty directory
             FHEModelDev(str(tmp), self.quantized_module).save()
-            if path_dir.exists():
-                path_dir.rmdir()
-            os.replace(tmp, path_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.report.client_zip_bytes = (path_dir / "client.zip").stat().st_size
         self.report.server_zip_bytes = (path_dir / "server.zip").stat().st_size
 

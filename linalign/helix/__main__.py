@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
+
+from linalign.atomic import atomic_file, atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("port", 7700, "TCP port on 127.0.0.1 (serve: 0 picks a free one).")
@@ -39,13 +39,6 @@ flags.DEFINE_string("params", "n8192", "CKKS preset (see linalign.fhe.params).")
 COMMANDS = ("serve", "fit", "query")
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _load_npy(path: str, what: str) -> np.ndarray:
     if not path:
         raise app.UsageError(f"--{what} is required")
@@ -64,7 +57,7 @@ def serve() -> None:
                        max_message_bytes=FLAGS.max_message_mb << 20)
     server = Server(load_bundle(FLAGS.head), cfg)
     if FLAGS.port_file:
-        _atomic_write_text(FLAGS.port_file, str(server.port))
+        atomic_write(FLAGS.port_file, str(server.port))
     server.serve_forever()
 
 
@@ -96,9 +89,8 @@ def query() -> None:
         cl.setup_inference(int(info["d"]), int(info["k"]), FLAGS.backend, FLAGS.params)
         scores = cl.query(z_hat)
         stats = cl.stats
-    tmp = FLAGS.out + ".tmp.npy"
-    np.save(tmp, scores)
-    os.replace(tmp, FLAGS.out)
+    with atomic_file(FLAGS.out, suffix=".npy") as tmp:
+        np.save(tmp, scores)
     n = max(stats.queries, 1)
     print(json.dumps({"queries": stats.queries, "ms_per_query": 1e3 * stats.query_seconds / n,
                       "setup_bytes": stats.setup_up + stats.setup_down,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import socket
 import time
@@ -24,6 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 from absl import logging
 
+from linalign.atomic import atomic_file
 from linalign.fhe import base
 from linalign.helix import messages as M
 
@@ -55,9 +55,8 @@ def save_bundle(path, bundle: Bundle) -> pathlib.Path:
               "meta_json": np.frombuffer(json.dumps(bundle.meta).encode(), dtype=np.uint8)}
     if bundle.z_na is not None:
         arrays["z_na"] = np.asarray(bundle.z_na, dtype=np.float32)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_file(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
     return path
 
 

@@ -144,7 +144,7 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(json, "dump", boom)
+    monkeypatch.setattr(json, "dumps", boom)
     with pytest.raises(OSError, match="disk full"):
         m.save(tmp_path / "map")
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,66 @@
+"""linalign.atomic: the one temporary-name-then-rename helper."""
+
+import json
+
+import numpy as np
+import pytest
+
+from linalign.atomic import atomic_dir, atomic_file, atomic_write, atomic_write_json
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_atomic_write_text_bytes_and_json(tmp_path):
+    atomic_write(tmp_path / "a.txt", "héllo")
+    atomic_write(tmp_path / "b.bin", b"\x00\x01")
+    atomic_write_json(tmp_path / "sub" / "c.json", {"b": 1, "a": [1.5]})
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "héllo"
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert json.loads((tmp_path / "sub" / "c.json").read_text()) == {"a": [1.5], "b": 1}
+    assert _leftovers(tmp_path) == [] and _leftovers(tmp_path / "sub") == []
+
+
+def test_atomic_file_failure_keeps_old_and_leaves_nothing(tmp_path):
+    target = tmp_path / "x.npy"
+    np.save(target, np.arange(3))
+    with pytest.raises(RuntimeError):
+        with atomic_file(target, suffix=".npy") as tmp:
+            np.save(tmp, np.zeros(5))
+            raise RuntimeError("died mid-write")
+    np.testing.assert_array_equal(np.load(target), np.arange(3))
+    assert _leftovers(tmp_path) == []
+    with atomic_file(target, suffix=".npz") as tmp:
+        np.savez(tmp, a=np.ones(2))  # np.savez would append .npz to a name without it
+        assert tmp.name.endswith(".npz")
+    np.testing.assert_array_equal(np.load(target)["a"], np.ones(2))
+
+
+def test_atomic_dir_refuses_replaces_and_cleans_up(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as d:
+        (d / "f").write_text("1")
+    assert (out / "f").read_text() == "1"
+    with pytest.raises(FileExistsError, match="not empty"):
+        with atomic_dir(out):
+            pass
+    with pytest.raises(FileExistsError, match="not written by this command"):
+        with atomic_dir(out, replace=True, may_replace=lambda p: (p / "marker").exists()):
+            raise AssertionError("the body must not run")
+    with pytest.raises(ValueError):
+        with atomic_dir(out, replace=True) as d:
+            (d / "f").write_text("half")
+            raise ValueError("boom")
+    assert (out / "f").read_text() == "1"
+    with atomic_dir(out, replace=True) as d:
+        (d / "g").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["g"]
+    with atomic_dir(out, keep_existing=True) as d:
+        (d / "h").write_text("3")
+    assert sorted(p.name for p in out.iterdir()) == ["g"]  # first writer wins
+    assert _leftovers(tmp_path) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        with atomic_dir(tmp_path / "file", replace=True):
+            pass
