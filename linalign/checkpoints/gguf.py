@@ -27,10 +27,12 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
 
+from linalign.models import convert
 from linalign.models.base import CheckpointError, UnsupportedConfigError
 
 ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
@@ -218,34 +220,73 @@ def _hf_name(gguf_name: str, arch: str) -> Optional[str]:
     return None if part is None else f"{part}.{kind}"
 
 
-def read_tensors(reader, hf_cfg: dict, arch: str) -> dict[str, np.ndarray]:
-    """Dequantizes and renames every tensor (float32 numpy, HF names and layouts)."""
-    import gguf
+class _Dequantized(Mapping):
+    """GGUF tensor name -> float32 numpy array in Hugging Face layout, dequantized when read (so
+    the conversion runner holds one dequantized tensor at a time besides its output)."""
 
-    out: dict[str, np.ndarray] = {}
+    def __init__(self, reader):
+        self._tensors = {t.name: t for t in reader.tensors}
+
+    def __contains__(self, name) -> bool:
+        return name in self._tensors
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        import gguf
+
+        t = self._tensors[name]
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type)
+        except Exception as e:
+            raise CheckpointError(f"GGUF tensor {t.name!r} ({t.tensor_type.name}) cannot be dequantized: {e}") from None
+        shape = _shape(t)
+        if w.size != int(np.prod(shape)):
+            raise CheckpointError(f"GGUF tensor {t.name!r}: {w.size} values for shape {shape}")
+        return np.asarray(w, dtype=np.float32).reshape(shape)
+
+
+def _shape(t) -> tuple:
+    return tuple(int(s) for s in reversed(t.shape))  # ggml lists dimensions fastest-first
+
+
+def _transform(gguf_name: str, hf_name: str, hf_cfg: dict, arch: str):
+    if arch in ("llama", "mistral"):
+        if gguf_name.endswith("attn_q.weight"):
+            return lambda w: unpermute_qk(w, hf_cfg["num_attention_heads"])
+        if gguf_name.endswith("attn_k.weight"):
+            return lambda w: unpermute_qk(w, hf_cfg["num_key_value_heads"])
+    if arch == "gemma3" and hf_name.endswith("norm.weight"):
+        return lambda w: w - np.float32(1.0)
+    return convert.identity
+
+
+def conversion_table(reader, hf_cfg: dict, arch: str) -> list[convert.Rule]:
+    """One ``convert.Rule`` per tensor: llama.cpp name -> Hugging Face name, with the un-permuting
+    of Llama q/k rows and Gemma's norm offset as transforms.
+
+    Raises:
+      CheckpointError: a tensor with no Hugging Face counterpart.
+    """
+    rules = []
     for t in reader.tensors:
         if t.name == "rope_freqs.weight":  # folded into the config by read_gguf
             continue
         name = _hf_name(t.name, arch)
         if name is None:
             raise CheckpointError(f"GGUF tensor {t.name!r} has no Hugging Face counterpart in the {arch} table")
-        try:
-            w = gguf.quants.dequantize(t.data, t.tensor_type)
-        except Exception as e:
-            raise CheckpointError(f"GGUF tensor {t.name!r} ({t.tensor_type.name}) cannot be dequantized: {e}") from None
-        shape = tuple(int(s) for s in reversed(t.shape))  # ggml lists dimensions fastest-first
-        if w.size != int(np.prod(shape)):
-            raise CheckpointError(f"GGUF tensor {t.name!r}: {w.size} values for shape {shape}")
-        w = np.asarray(w, dtype=np.float32).reshape(shape)
-        if arch in ("llama", "mistral"):
-            if t.name.endswith("attn_q.weight"):
-                w = unpermute_qk(w, hf_cfg["num_attention_heads"])
-            elif t.name.endswith("attn_k.weight"):
-                w = unpermute_qk(w, hf_cfg["num_key_value_heads"])
-        if arch == "gemma3" and name.endswith("norm.weight"):
-            w = w - np.float32(1.0)
-        out[name] = w
-    return out
+        rules.append(convert.Rule(t.name, _shape(t), (name,), _transform(t.name, name, hf_cfg, arch), _shape(t)))
+    return rules
+
+
+def read_tensors(reader, hf_cfg: dict, arch: str) -> dict[str, np.ndarray]:
+    """Dequantizes and renames every tensor (float32 numpy, HF names and layouts)."""
+    return convert.run_table(_Dequantized(reader), conversion_table(reader, hf_cfg, arch), "gguf",
+                             lambda name: name == "rope_freqs.weight")
 
 
 def read_tokenizer(path, meta: dict, name: str):

@@ -1,8 +1,7 @@
 """BERT encoder (post-LayerNorm, absolute positions, token types) as a Linen module.
 
 Serves Hugging Face ``model_type == "bert"`` checkpoints such as all-MiniLM-L6-v2 (hidden 384,
-6 layers). The transformer block (``EncoderLayer``) and the table-driven weight conversion
-helpers are shared with ``linalign.models.mpnet``, which differs only in embeddings and a
+6 layers). The transformer block (``EncoderLayer``) and the per-layer conversion rows are shared with ``linalign.models.mpnet``, which differs only in embeddings and a
 relative-position attention bias.
 
 Positions: Hugging Face BERT numbers positions 0..T-1 regardless of padding, so left padding
@@ -15,15 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from linalign.models.base import (CheckpointError, ModelOutput, UnsupportedConfigError,
-                                  check_hf_config)
+from linalign.models import convert
+from linalign.models.base import ModelOutput, UnsupportedConfigError, check_hf_config
 
 MODEL_TYPES = ("bert",)
 IS_CAUSAL = False
@@ -231,95 +229,12 @@ class Model(nn.Module):
 
 
 # ----------------------------------------------------------------------------- conversion
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """One row of a conversion table: HF tensor ``src`` -> params at ``dst`` via ``fn``.
-
-    ``src_shape`` is asserted before ``fn`` runs, ``dst_shape`` after.
-    """
-
-    dst: tuple[str, ...]
-    src: str
-    src_shape: tuple[int, ...]
-    dst_shape: tuple[int, ...]
-    fn: Callable[[np.ndarray], np.ndarray] = lambda a: a
+def ln_rules(src: str, dst: tuple, d: int) -> list[convert.Rule]:
+    return [convert.Rule(src + ".weight", (d,), dst + ("scale",)),
+            convert.Rule(src + ".bias", (d,), dst + ("bias",))]
 
 
-def linear_rules(dst_prefix: tuple, src_prefix: str, d_in: int, d_out: int, kind: str,
-                 n: int = 0, h: int = 0, names=("kernel", "bias")) -> list[Rule]:
-    """Rules for a torch ``nn.Linear`` (weight [out, in], bias [out]).
-
-    kind "in_heads": kernel -> [d_in, n, h] (query/key/value); "out_heads": kernel ->
-    [n, h, d_out] (attention output); "plain": kernel -> [d_in, d_out].
-    """
-    kname, bname = names
-    if kind == "in_heads":
-        kshape, bshape = (d_in, n, h), (n, h)
-    elif kind == "out_heads":
-        kshape, bshape = (n, h, d_out), (d_out,)
-    else:
-        kshape, bshape = (d_in, d_out), (d_out,)
-    return [Rule(dst_prefix + (kname,), src_prefix + ".weight", (d_out, d_in), kshape,
-                 lambda w, s=kshape: w.T.reshape(s)),
-            Rule(dst_prefix + (bname,), src_prefix + ".bias", (d_out,), bshape,
-                 lambda b, s=bshape: b.reshape(s))]
-
-
-def ln_rules(dst: tuple, src: str, d: int) -> list[Rule]:
-    return [Rule(dst + ("scale",), src + ".weight", (d,), (d,)),
-            Rule(dst + ("bias",), src + ".bias", (d,), (d,))]
-
-
-def apply_table(tensors: dict, table: Sequence[Rule], prefixes: Sequence[str],
-                ignore: Sequence[str], family: str) -> dict:
-    """Runs a conversion table over an HF state dict.
-
-    Args:
-      tensors: HF name -> np.ndarray.
-      table: conversion rules.
-      prefixes: optional leading prefixes to strip (e.g. "bert." when the checkpoint was
-        saved from a task model rather than the bare encoder).
-      ignore: name prefixes (after stripping) that are dropped knowingly (pooler, heads,
-        saved position-id buffers).
-      family: for error messages.
-
-    Returns:
-      Nested params dict.
-
-    Raises:
-      CheckpointError: a missing tensor, a shape mismatch, or tensors nobody consumes.
-    """
-    stripped: dict[str, np.ndarray] = {}
-    for k, v in tensors.items():
-        for p in prefixes:
-            if k.startswith(p):
-                k = k[len(p):]
-                break
-        stripped[k] = v
-    params: dict = {}
-    used = set()
-    for r in table:
-        if r.src not in stripped:
-            raise CheckpointError(f"{family} checkpoint lacks tensor {r.src!r}")
-        a = np.asarray(stripped[r.src])
-        if tuple(a.shape) != r.src_shape:
-            raise CheckpointError(f"{family} tensor {r.src!r} has shape {tuple(a.shape)}, "
-                                  f"config implies {r.src_shape}")
-        out = r.fn(a)
-        assert tuple(out.shape) == r.dst_shape, (r.src, out.shape, r.dst_shape)
-        node = params
-        for key in r.dst[:-1]:
-            node = node.setdefault(key, {})
-        node[r.dst[-1]] = out
-        used.add(r.src)
-    extra = sorted(k for k in stripped if k not in used and not any(k.startswith(i) for i in ignore))
-    if extra:
-        raise CheckpointError(f"{family} checkpoint has tensors this port does not use: "
-                              f"{extra[:8]}{' ...' if len(extra) > 8 else ''}")
-    return params
-
-
-def layer_rules(i: int, src: str, d: int, n: int, f: int, attn: dict) -> list[Rule]:
+def layer_rules(i: int, src: str, d: int, n: int, f: int, attn: dict) -> list[convert.Rule]:
     """Rules for one post-LN encoder layer.
 
     Args:
@@ -331,28 +246,28 @@ def layer_rules(i: int, src: str, d: int, n: int, f: int, attn: dict) -> list[Ru
     dst = (f"layer_{i}",)
     rules = []
     for name in ("q", "k", "v"):
-        rules += linear_rules(dst, f"{src}.{attn[name]}", d, d, "in_heads", n, h,
-                              names=(f"{name}_dnh", f"{name}_bias_nh"))
-    rules += linear_rules(dst, f"{src}.{attn['o']}", d, d, "out_heads", n, h,
-                          names=("o_nhd", "o_bias_d"))
-    rules += ln_rules(dst + ("attn_ln",), f"{src}.{attn['attn_ln']}", d)
-    rules += linear_rules(dst, f"{src}.intermediate.dense", d, f, "plain", names=("up_df", "up_bias_f"))
-    rules += linear_rules(dst, f"{src}.output.dense", f, d, "plain", names=("down_fd", "down_bias_d"))
-    rules += ln_rules(dst + ("mlp_ln",), f"{src}.output.LayerNorm", d)
+        rules += convert.linear_rules(f"{src}.{attn[name]}", dst, d, d, kernel_shape=(d, n, h),
+                                      bias_shape=(n, h), names=(f"{name}_dnh", f"{name}_bias_nh"))
+    rules += convert.linear_rules(f"{src}.{attn['o']}", dst, d, d, kernel_shape=(n, h, d),
+                                  names=("o_nhd", "o_bias_d"))
+    rules += ln_rules(f"{src}.{attn['attn_ln']}", dst + ("attn_ln",), d)
+    rules += convert.linear_rules(f"{src}.intermediate.dense", dst, d, f, names=("up_df", "up_bias_f"))
+    rules += convert.linear_rules(f"{src}.output.dense", dst, f, d, names=("down_fd", "down_bias_d"))
+    rules += ln_rules(f"{src}.output.LayerNorm", dst + ("mlp_ln",), d)
     return rules
 
 
-def conversion_table(config: Config) -> list[Rule]:
+def conversion_table(config: Config) -> list[convert.Rule]:
     """The full HF BertModel -> params table."""
     c = config
     d = c.hidden_size
     table = [
-        Rule(("word_embeddings",), "embeddings.word_embeddings.weight", (c.vocab_size, d), (c.vocab_size, d)),
-        Rule(("position_embeddings",), "embeddings.position_embeddings.weight",
-             (c.max_position_embeddings, d), (c.max_position_embeddings, d)),
-        Rule(("token_type_embeddings",), "embeddings.token_type_embeddings.weight",
-             (c.type_vocab_size, d), (c.type_vocab_size, d)),
-    ] + ln_rules(("embeddings_ln",), "embeddings.LayerNorm", d)
+        convert.Rule("embeddings.word_embeddings.weight", (c.vocab_size, d), ("word_embeddings",)),
+        convert.Rule("embeddings.position_embeddings.weight", (c.max_position_embeddings, d),
+                     ("position_embeddings",)),
+        convert.Rule("embeddings.token_type_embeddings.weight", (c.type_vocab_size, d),
+                     ("token_type_embeddings",)),
+    ] + ln_rules("embeddings.LayerNorm", ("embeddings_ln",), d)
     names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
              "o": "attention.output.dense", "attn_ln": "attention.output.LayerNorm"}
     for i in range(c.num_layers):
@@ -360,8 +275,14 @@ def conversion_table(config: Config) -> list[Rule]:
     return table
 
 
+def convert_encoder(tensors: dict, table: list, prefix: str, ignore: tuple, family: str) -> dict:
+    """Runs an encoder table after stripping a task model's ``prefix`` (e.g. ``bert.``); names
+    starting with an ``ignore`` entry (pooler, heads, saved position-id buffers) are dropped."""
+    return convert.run_table(convert.strip_prefix(tensors, (prefix,)), table, family,
+                             lambda name: name.startswith(ignore))
+
+
 def convert_params(tensors: dict, config: Config) -> dict:
     """HF BERT state dict (name -> np.ndarray) -> params pytree of float32 numpy arrays."""
-    return apply_table({k: v for k, v in tensors.items()}, conversion_table(config),
-                       prefixes=("bert.",), family="bert",
-                       ignore=("pooler.", "cls.", "embeddings.position_ids", "embeddings.token_type_ids"))
+    return convert_encoder(tensors, conversion_table(config), "bert.", ("pooler.", "cls.", "embeddings.position_ids",
+                                                                        "embeddings.token_type_ids"), "bert")

@@ -1,7 +1,7 @@
 """Gemma 3 text decoder (``gemma3_text``, e.g. Gemma-3-270M) in Flax Linen.
 
-Same calling convention, cache and ``lm_head`` method as ``linalign.models.llama`` (read its
-docstring); what differs, all as transformers' ``Gemma3ForCausalLM`` does it:
+Same calling convention, cache and ``lm_head`` method as every causal port (read
+``linalign.models.decoder``); what differs, all as transformers' ``Gemma3ForCausalLM`` does it:
 
 * sliding-window and global layers (``layer_types``, or the legacy every-6th-layer-global pattern),
   with separate RoPE bases: ``rope_local_base_freq`` (default 10,000) for sliding layers and
@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from linalign.models import llama
+from linalign.models import decoder
 from linalign.models import rope as rope_lib
 from linalign.models.base import UnsupportedConfigError, check_hf_config
+from linalign.models.decoder import KVCache, init_cache, new_cache  # noqa: F401
 
 MODEL_TYPES = ("gemma3_text",)
 IS_CAUSAL = True
-KVCache = llama.KVCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,33 +119,12 @@ class Config:
 
 
 def _norm(eps, name=None):
-    return llama.RMSNorm(eps, plus_one=True, name=name)
-
-
-class Attention(nn.Module):
-    config: Config
-    window: Optional[int]
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x_btd, cos_sin, mask_bts, kv_cache=None, index=None):
-        c = self.config
-        dense = lambda f, name, axis=-1: llama._dense(f, axis=axis, bias=c.attention_bias, dtype=self.dtype, name=name)
-        q = _norm(c.rms_norm_eps, "q_norm")(dense((c.num_heads, c.head_dim), "q_proj")(x_btd))
-        k = _norm(c.rms_norm_eps, "k_norm")(dense((c.num_kv_heads, c.head_dim), "k_proj")(x_btd))
-        v = dense((c.num_kv_heads, c.head_dim), "v_proj")(x_btd)
-        q, k = rope_lib.apply_rope(q, *cos_sin), rope_lib.apply_rope(k, *cos_sin)
-        k, v = llama.kv_layout(k, v)
-        new_cache = None
-        if kv_cache is not None:
-            k, v = llama.write_cache(kv_cache[0], kv_cache[1], k, v, index)
-            new_cache = (k, v)
-        o = llama.attend(q, k.astype(self.dtype), v.astype(self.dtype), mask_bts,
-                         c.query_pre_attn_scalar ** -0.5)
-        return dense(c.hidden_size, "o_proj", axis=(-2, -1))(o), new_cache
+    return decoder.RMSNorm(eps, plus_one=True, name=name)
 
 
 class Block(nn.Module):
+    """Attention and gelu-gated MLP, each with a norm before and after (Gemma's sandwich)."""
+
     config: Config
     window: Optional[int]
     dtype: Any = jnp.float32
@@ -154,96 +133,59 @@ class Block(nn.Module):
     def __call__(self, x_btd, cos_sin, mask_bts, kv_cache=None, index=None):
         c = self.config
         h = _norm(c.rms_norm_eps, "input_layernorm")(x_btd)
-        a, new_cache = Attention(c, self.window, self.dtype, name="self_attn")(h, cos_sin, mask_bts, kv_cache, index)
+        attn = decoder.Attention(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
+                                 c.query_pre_attn_scalar ** -0.5, qkv_bias=c.attention_bias,
+                                 o_bias=c.attention_bias, qk_norm="plus_one", eps=c.rms_norm_eps,
+                                 dtype=self.dtype, name="self_attn")
+        a, new_kv = attn(h, cos_sin, mask_bts, kv_cache, index)
         x_btd = x_btd + _norm(c.rms_norm_eps, "post_attention_layernorm")(a)
         h = _norm(c.rms_norm_eps, "pre_feedforward_layernorm")(x_btd)
-        dense = lambda f, name: llama._dense(f, dtype=self.dtype, name=name)
-        h = dense(c.hidden_size, "down_proj")(
-            jax.nn.gelu(dense(c.intermediate_size, "gate_proj")(h), approximate=True)
-            * dense(c.intermediate_size, "up_proj")(h))
-        return x_btd + _norm(c.rms_norm_eps, "post_feedforward_layernorm")(h), new_cache
+        h = decoder.gated_mlp(h, c.intermediate_size, c.hidden_size, lambda g: jax.nn.gelu(g, approximate=True),
+                              dtype=self.dtype)
+        return x_btd + _norm(c.rms_norm_eps, "post_feedforward_layernorm")(h), new_kv
 
 
-class Model(nn.Module):
-    """Gemma 3 text decoder; calling convention of ``linalign.models.llama.Model``."""
+class Model(decoder.DecoderLM):
+    """Gemma 3 text decoder; calling convention in ``linalign.models.decoder``."""
 
     config: Config
-    dtype: Any = jnp.float32
+    norm_plus_one = True
 
-    def setup(self):
+    def block(self, i: int) -> Block:
+        return Block(self.config, self.config.sliding_windows[i], self.dtype)
+
+    def rope_tables(self) -> dict:
         c = self.config
-        self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32)
-        self.layers = [Block(c, c.sliding_windows[i], self.dtype) for i in range(c.num_layers)]
-        self.norm = _norm(c.rms_norm_eps)
-        if not c.tie_word_embeddings:
-            self.lm_head_proj = llama._dense(c.vocab_size, dtype=self.dtype)
-        self.rope_tables = {
-            "global": rope_lib.inv_freq_and_scale(c.rope_global, c.head_dim, c.max_position_embeddings),
-            "local": rope_lib.inv_freq_and_scale(c.rope_local, c.head_dim, c.max_position_embeddings)}
+        return {"global": rope_lib.inv_freq_and_scale(c.rope_global, c.head_dim, c.max_position_embeddings),
+                "local": rope_lib.inv_freq_and_scale(c.rope_local, c.head_dim, c.max_position_embeddings)}
 
     def rope_key(self, i: int) -> str:
         return "local" if self.config.sliding_windows[i] is not None else "global"
 
-    def __call__(self, input_ids, attention_mask=None, positions=None, cache: Optional[KVCache] = None,
-                 output_hidden_states: bool = False, return_logits: bool = True):
-        """See ``linalign.models.llama.Model.__call__``."""
+    def embed(self, input_ids):
+        # The sqrt(hidden) scale is rounded to the embedding dtype first, as in transformers.
         emb_vd = self.embed_tokens.embedding
         x_btd = jnp.take(emb_vd, input_ids, axis=0) * jnp.asarray(np.sqrt(self.config.hidden_size), emb_vd.dtype)
-        x_btd = x_btd.astype(self.dtype)
+        return x_btd.astype(self.dtype)
 
-        def cos_sin(i, pos):
-            inv_freq, scale = self.rope_tables[self.rope_key(i)]
-            return rope_lib.cos_sin(pos, inv_freq, scale)
-
-        return llama.run_decoder(self, x_btd, input_ids, attention_mask, positions, cache,
-                                 output_hidden_states, return_logits, cos_sin)
-
-    def lm_head(self, h_btd):
-        """Logits [..., vocab] (soft-capped if configured) for final-norm hidden states."""
-        h_btd = h_btd.astype(self.dtype)
-        if self.config.tie_word_embeddings:
-            logits = llama.tied_lm_head(self.embed_tokens.embedding, h_btd, self.dtype)
-        else:
-            logits = self.lm_head_proj(h_btd)
+    def cap_logits(self, logits):
         cap = self.config.final_logit_softcapping
-        if cap is not None:
-            logits = jnp.tanh(logits / cap) * cap
-        return logits
+        return logits if cap is None else jnp.tanh(logits / cap) * cap
 
 
-def new_cache(config: Config, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    """An empty ``KVCache`` for this config."""
-    return llama.init_cache(config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim, dtype)
+def conversion_table(config: Config) -> list:
+    """``convert.Rule`` rows for a Hugging Face ``Gemma3ForCausalLM`` (norm weights stay as stored:
+    w, used as 1 + w)."""
+    c = config
+    rules = decoder.top_rules(c)
+    for i in range(c.num_layers):
+        rules += decoder.norm_rules(c, i, ("input_layernorm", "post_attention_layernorm",
+                                           "pre_feedforward_layernorm", "post_feedforward_layernorm"))
+        rules += decoder.attention_rules(c, i, c.attention_bias, c.attention_bias, qk_norm=True)
+        rules += decoder.mlp_rules(c, i, (f"layers_{i}",))
+    return rules
 
 
 def convert_params(tensors: dict, config: Config, dtype=jnp.float32) -> dict:
-    """HF ``Gemma3ForCausalLM`` state dict -> params (Gemma norm weights stay as stored: w, used as 1 + w)."""
-    c = config
-    d, n, k, h, f, v = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size
-    ident = llama._ident
-    rows = [("model.embed_tokens.weight", (v, d), ("embed_tokens", "embedding"), ident),
-            ("model.norm.weight", (d,), ("norm", "scale"), ident)]
-    if not c.tie_word_embeddings:
-        rows.append(("lm_head.weight", (v, d), ("lm_head_proj", "kernel"), llama._t))
-    for i in range(c.num_layers):
-        p, L = f"model.layers.{i}.", f"layers_{i}"
-        for nm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                   "post_feedforward_layernorm"):
-            rows.append((p + nm + ".weight", (d,), (L, nm, "scale"), ident))
-        rows += [
-            (p + "self_attn.q_norm.weight", (h,), (L, "self_attn", "q_norm", "scale"), ident),
-            (p + "self_attn.k_norm.weight", (h,), (L, "self_attn", "k_norm", "scale"), ident),
-            (p + "self_attn.q_proj.weight", (n * h, d), (L, "self_attn", "q_proj", "kernel"), llama._t),
-            (p + "self_attn.k_proj.weight", (k * h, d), (L, "self_attn", "k_proj", "kernel"), llama._t),
-            (p + "self_attn.v_proj.weight", (k * h, d), (L, "self_attn", "v_proj", "kernel"), llama._t),
-            (p + "self_attn.o_proj.weight", (d, n * h), (L, "self_attn", "o_proj", "kernel"), llama._t),
-            (p + "mlp.gate_proj.weight", (f, d), (L, "gate_proj", "kernel"), llama._t),
-            (p + "mlp.up_proj.weight", (f, d), (L, "up_proj", "kernel"), llama._t),
-            (p + "mlp.down_proj.weight", (d, f), (L, "down_proj", "kernel"), llama._t),
-        ]
-        if c.attention_bias:
-            for nm, heads in (("q_proj", n), ("k_proj", k), ("v_proj", k)):
-                rows.append((p + f"self_attn.{nm}.bias", (heads * h,), (L, "self_attn", nm, "bias"), ident))
-            rows.append((p + "self_attn.o_proj.bias", (d,), (L, "self_attn", "o_proj", "bias"), ident))
-    return llama.apply_table(tensors, config, rows, dtype, "gemma3",
-                             lambda name: name.endswith("inv_freq") or (name == "lm_head.weight" and c.tie_word_embeddings))
+    """HF ``Gemma3ForCausalLM`` state dict -> params pytree for ``Model``."""
+    return decoder.convert_causal(tensors, config, conversion_table(config), dtype, "gemma3")

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from linalign.models import bert
+from linalign.models import bert, convert
 from linalign.models.base import ModelOutput, UnsupportedConfigError, check_hf_config
 
 MODEL_TYPES = ("mpnet",)
@@ -139,19 +139,17 @@ class Model(nn.Module):
                            hidden_states=tuple(states) if output_hidden_states else None)
 
 
-def conversion_table(config: Config) -> list[bert.Rule]:
+def conversion_table(config: Config) -> list[convert.Rule]:
     """The full HF MPNetModel -> params table."""
     c = config
     d = c.hidden_size
+    buckets = (c.relative_attention_num_buckets, c.num_heads)
     table = [
-        bert.Rule(("word_embeddings",), "embeddings.word_embeddings.weight",
-                  (c.vocab_size, d), (c.vocab_size, d)),
-        bert.Rule(("position_embeddings",), "embeddings.position_embeddings.weight",
-                  (c.max_position_embeddings, d), (c.max_position_embeddings, d)),
-        bert.Rule(("relative_attention_bias",), "encoder.relative_attention_bias.weight",
-                  (c.relative_attention_num_buckets, c.num_heads),
-                  (c.relative_attention_num_buckets, c.num_heads)),
-    ] + bert.ln_rules(("embeddings_ln",), "embeddings.LayerNorm", d)
+        convert.Rule("embeddings.word_embeddings.weight", (c.vocab_size, d), ("word_embeddings",)),
+        convert.Rule("embeddings.position_embeddings.weight", (c.max_position_embeddings, d),
+                     ("position_embeddings",)),
+        convert.Rule("encoder.relative_attention_bias.weight", buckets, ("relative_attention_bias",)),
+    ] + bert.ln_rules("embeddings.LayerNorm", ("embeddings_ln",), d)
     names = {"q": "attention.attn.q", "k": "attention.attn.k", "v": "attention.attn.v",
              "o": "attention.attn.o", "attn_ln": "attention.LayerNorm"}
     for i in range(c.num_layers):
@@ -161,5 +159,5 @@ def conversion_table(config: Config) -> list[bert.Rule]:
 
 def convert_params(tensors: dict, config: Config) -> dict:
     """HF MPNet state dict (name -> np.ndarray) -> params pytree of numpy arrays."""
-    return bert.apply_table(tensors, conversion_table(config), prefixes=("mpnet.",), family="mpnet",
-                            ignore=("pooler.", "lm_head.", "embeddings.position_ids"))
+    return bert.convert_encoder(tensors, conversion_table(config), "mpnet.",
+                                ("pooler.", "lm_head.", "embeddings.position_ids"), "mpnet")
