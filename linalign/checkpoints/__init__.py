@@ -16,6 +16,7 @@ fingerprint of the source, so the second load skips reading and converting the s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -53,9 +54,11 @@ def resolve(path_or_asset_name: str | os.PathLike) -> pathlib.Path:
     raise CheckpointError(f"{p} does not exist")
 
 
-def config_hash(hf_config: dict) -> str:
-    """sha256 of the HF config with sorted keys (identifies the architecture, not the weights)."""
-    return hashlib.sha256(json.dumps(hf_config, sort_keys=True, default=str).encode()).hexdigest()
+def config_hash(config: Any) -> str:
+    """sha256 of a config as sorted JSON: a family ``Config`` (frozen dataclass) or a Hugging Face
+    config dict. Identifies the architecture, not the weights."""
+    d = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _read_source(src: pathlib.Path):

@@ -19,14 +19,13 @@ one and the stored arrays are bit-identical.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from linalign.checkpoints import config_hash
 from linalign.extract import store as store_lib
 from linalign.models import base
 
@@ -42,12 +41,6 @@ def bucket_lengths(max_length: int) -> list[int]:
         x *= 2
     out = sorted({b for b in out if b < max_length} | {max_length})
     return out
-
-
-def config_hash(config: Any) -> str:
-    """sha256 of a family Config (frozen dataclass) as sorted JSON."""
-    d = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclasses.dataclass
