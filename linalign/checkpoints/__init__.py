@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from linalign.models.base import CheckpointError, LoadedModel
+from linalign.models.base import CheckpointError, LoadedModel, UnsupportedConfigError
 
 __all__ = ["CheckpointError", "LoadedModel", "load", "resolve", "config_hash"]
 
@@ -62,18 +62,29 @@ def config_hash(config: Any) -> str:
 
 
 def _read_source(src: pathlib.Path):
-    """(hf_config, tensors, tokenizer, default_pooling or None, name) from the source."""
+    """(hf_config, tensors, tokenizer, default_pooling or None, name, config file) from the source."""
     if src.is_file() and src.suffix == ".gguf":
         from linalign.checkpoints import gguf
 
         hf_config, tensors, tok = gguf.read_gguf(src)
-        return hf_config, tensors, tok, None, src.stem
+        return hf_config, tensors, tok, None, src.stem, src
     if src.is_dir():
         from linalign.checkpoints import hf_dir
 
         hf_config, tensors, tok, d = hf_dir.read_hf_dir(src)
-        return hf_config, tensors, tok, d.default_pooling, hf_dir.default_name(src)
+        return hf_config, tensors, tok, d.default_pooling, hf_dir.default_name(src), d.model_dir / "config.json"
     raise CheckpointError(f"{src}: expected a .gguf file or a Hugging Face model directory")
+
+
+def _family_config(hf_config: dict, where):
+    """(family module, family Config); errors name ``where`` (the config's file) and the field."""
+    from linalign import models
+
+    try:
+        family = models.family_for(hf_config.get("model_type"))
+        return family, family.Config.from_hf_config(hf_config)
+    except (CheckpointError, UnsupportedConfigError) as e:
+        raise type(e)(f"{where}: {e}") from None
 
 
 def _fingerprint(src: pathlib.Path) -> str:
@@ -159,13 +170,11 @@ def load(path_or_asset_name, dtype: str = "float32", mesh=None, cache: bool = Tr
         hf_config = meta["hf_config"]
         tok = Tokenizer.from_dict(meta["tokenizer"])
         pooling, name = meta["default_pooling"], meta["name"]
-        family = models.family_for(hf_config.get("model_type"))
-        config = family.Config.from_hf_config(hf_config)
+        family, config = _family_config(hf_config, src)
         how = "cache"
     else:
-        hf_config, tensors, tok, pooling, name = _read_source(src)
-        family = models.family_for(hf_config.get("model_type"))
-        config = family.Config.from_hf_config(hf_config)
+        hf_config, tensors, tok, pooling, name, cfg_file = _read_source(src)
+        family, config = _family_config(hf_config, cfg_file)
         try:
             params = family.convert_params(tensors, config)
         except CheckpointError as e:

@@ -24,6 +24,7 @@ Truncated or corrupt files, unknown architectures and tensors the table does not
 
 from __future__ import annotations
 
+import numbers
 import os
 import pathlib
 import re
@@ -125,18 +126,29 @@ def hf_config_from_metadata(meta: dict, tensor_names: set[str]) -> dict:
             raise CheckpointError(f"GGUF metadata lacks {full!r}")
         return default
 
-    n_heads = int(get("attention.head_count"))
-    hidden = int(get("embedding_length"))
-    n_layers = int(get("block_count"))
+    def get_int(key, default=None, required=True, minimum=1):
+        v = get(key, default, required)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+            raise CheckpointError(f"GGUF metadata field '{arch}.{key}' is {v!r}; expected an integer >= {minimum}")
+        return int(v)
+
+    n_heads = get_int("attention.head_count")
+    hidden = get_int("embedding_length")
+    n_layers = get_int("block_count")
     n_kv = get("attention.head_count_kv", n_heads)
     if isinstance(n_kv, list):
         if len(set(n_kv)) != 1:
             raise UnsupportedConfigError(f"GGUF: per-layer kv head counts {n_kv} are not supported")
-        n_kv = n_kv[0]
-    head_dim = int(get("attention.key_length", 0, required=False) or get("rope.dimension_count", 0, required=False)
-                   or hidden // n_heads)
-    value_len = get("attention.value_length", head_dim, required=False)
-    if int(value_len) != head_dim:
+        meta = dict(meta, **{f"{arch}.attention.head_count_kv": n_kv[0]})
+    n_kv = get_int("attention.head_count_kv", n_heads)
+    head_dim = (get_int("attention.key_length", 0, required=False, minimum=0)
+                or get_int("rope.dimension_count", 0, required=False, minimum=0) or hidden // n_heads)
+    if head_dim < 1:
+        raise CheckpointError(f"GGUF metadata: embedding_length {hidden} gives no head size for {n_heads} heads")
+    value_len = get_int("attention.value_length", head_dim, required=False)
+    if value_len != head_dim:
         raise UnsupportedConfigError(f"GGUF: value_length {value_len} != key_length {head_dim}")
     vocab = meta.get(f"{arch}.vocab_size") or meta.get("tokenizer.ggml.tokens")
     if vocab is None:
@@ -145,12 +157,12 @@ def hf_config_from_metadata(meta: dict, tensor_names: set[str]) -> dict:
         "model_type": ARCHITECTURES[arch],
         "vocab_size": int(vocab),
         "hidden_size": hidden,
-        "intermediate_size": int(get("feed_forward_length")),
+        "intermediate_size": get_int("feed_forward_length"),
         "num_hidden_layers": n_layers,
         "num_attention_heads": n_heads,
         "num_key_value_heads": int(n_kv),
         "head_dim": head_dim,
-        "max_position_embeddings": int(get("context_length", 2048, required=False)),
+        "max_position_embeddings": get_int("context_length", 2048, required=False),
         "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
@@ -162,7 +174,7 @@ def hf_config_from_metadata(meta: dict, tensor_names: set[str]) -> dict:
     if arch == "gemma3":
         cfg["hidden_activation"] = "gelu_pytorch_tanh"
         cfg["query_pre_attn_scalar"] = head_dim
-        cfg["sliding_window"] = int(get("attention.sliding_window", 4096, required=False))
+        cfg["sliding_window"] = get_int("attention.sliding_window", 4096, required=False)
         cfg["layer_types"] = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(n_layers)]
         full = {"rope_type": "default", "rope_theta": float(theta or 1_000_000.0)}
         if scaling not in (None, "none"):
@@ -296,7 +308,7 @@ def read_tokenizer(path, meta: dict, name: str):
     from linalign.models.tokenizer import Tokenizer
 
     if "tokenizer.ggml.tokens" not in meta:
-        raise CheckpointError(f"{path}: GGUF has no tokenizer.ggml.tokens; cannot build a tokenizer")
+        raise CheckpointError("GGUF has no tokenizer.ggml.tokens; cannot build a tokenizer")
     arch, tok_dict, tok_cfg = get_gguf_tokenizer(str(path))
     hf_tok, _ = convert_gguf_tokenizer(arch, tok_dict)
     bos, eos = tok_dict.get("bos_token_id"), tok_dict.get("eos_token_id")
@@ -321,22 +333,25 @@ def read_gguf(path, with_tokenizer: bool = True):
       UnsupportedConfigError: architecture or metadata the ports do not implement.
     """
     reader = _open(path)
-    meta = _fields(reader)
-    names = {t.name for t in reader.tensors}
-    cfg = hf_config_from_metadata(meta, names)
-    arch = meta["general.architecture"]
-    if "rope_freqs.weight" in names:
-        import gguf
+    try:
+        meta = _fields(reader)
+        names = {t.name for t in reader.tensors}
+        cfg = hf_config_from_metadata(meta, names)
+        arch = meta["general.architecture"]
+        if "rope_freqs.weight" in names:
+            import gguf
 
-        t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
-        factors = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32).reshape(-1)
-        if cfg["rope_parameters"]["rope_type"] != "default" or arch not in ("llama", "mistral"):
-            raise UnsupportedConfigError(f"GGUF: rope_freqs tensor together with {cfg['rope_parameters']} "
-                                         f"on {arch} is not supported")
-        cfg["rope_parameters"] = llama3_rope_from_factors(factors, cfg["head_dim"],
-                                                          cfg["rope_parameters"]["rope_theta"])
-    tensors = read_tensors(reader, cfg, arch)
-    name = str(meta.get("general.name") or pathlib.Path(path).stem)
-    cfg["_name_or_path"] = name
-    tok = read_tokenizer(path, meta, name) if with_tokenizer else None
+            t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+            factors = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32).reshape(-1)
+            if cfg["rope_parameters"]["rope_type"] != "default" or arch not in ("llama", "mistral"):
+                raise UnsupportedConfigError(f"GGUF: rope_freqs tensor together with {cfg['rope_parameters']} "
+                                             f"on {arch} is not supported")
+            cfg["rope_parameters"] = llama3_rope_from_factors(factors, cfg["head_dim"],
+                                                              cfg["rope_parameters"]["rope_theta"])
+        tensors = read_tensors(reader, cfg, arch)
+        name = str(meta.get("general.name") or pathlib.Path(path).stem)
+        cfg["_name_or_path"] = name
+        tok = read_tokenizer(path, meta, name) if with_tokenizer else None
+    except (CheckpointError, UnsupportedConfigError) as e:
+        raise type(e)(f"{path}: {e}") from None
     return cfg, tensors, tok

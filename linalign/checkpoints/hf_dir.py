@@ -128,6 +128,43 @@ def inspect(path) -> HFDir:
     return HFDir(root, model_dir, weight_files, pooling, max_len, normalize)
 
 
+def _is_uint(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_header(path: pathlib.Path, header) -> None:
+    """Every entry of a parsed safetensors header is ``{"dtype": str, "shape": [uint, ...],
+    "data_offsets": [begin, end]}`` with begin <= end (``__metadata__`` a string map).
+
+    Raises:
+      CheckpointError naming the file, the tensor and the field.
+    """
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is a JSON {type(header).__name__}, not an object")
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict):
+                raise CheckpointError(f"{path}: safetensors header field '__metadata__' is "
+                                      f"{type(entry).__name__}, expected an object")
+            continue
+        where = f"{path}: safetensors header entry {name!r}"
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{where} is {entry!r} ({type(entry).__name__}), expected an object "
+                                  "with dtype, shape and data_offsets")
+        for field in ("dtype", "shape", "data_offsets"):
+            if field not in entry:
+                raise CheckpointError(f"{where} lacks field {field!r}")
+        if not isinstance(entry["dtype"], str):
+            raise CheckpointError(f"{where}: field 'dtype' is {entry['dtype']!r}, expected a string")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_uint(s) for s in shape):
+            raise CheckpointError(f"{where}: field 'shape' is {shape!r}, expected a list of non-negative integers")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets)
+                or offsets[0] > offsets[1]):
+            raise CheckpointError(f"{where}: field 'data_offsets' is {offsets!r}, expected [begin, end] "
+                                  "with 0 <= begin <= end")
+
+
 def safetensors_header(path: pathlib.Path) -> tuple[dict, int, bytes]:
     """Parses and size-checks a safetensors header.
 
@@ -152,6 +189,7 @@ def safetensors_header(path: pathlib.Path) -> tuple[dict, int, bytes]:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    _check_header(path, header)
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise CheckpointError(f"{path} is truncated: header describes {8 + n + end} bytes, "
@@ -214,6 +252,8 @@ def read_hf_dir(path) -> tuple[dict, dict, "object", HFDir]:
 
     d = inspect(path)
     hf_config = _read_json(d.model_dir / "config.json")
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{d.model_dir / 'config.json'} holds a JSON {type(hf_config).__name__}, not an object")
     index = d.model_dir / INDEX
     expected = _read_json(index).get("weight_map") if index.exists() else None
     tensors = read_tensors(d.weight_files, expected)

@@ -5,7 +5,9 @@ A family module (``linalign/models/<family>.py``) exposes:
   MODEL_TYPES: tuple[str, ...]      Hugging Face ``model_type`` values it serves.
   Config                            frozen dataclass with ``from_hf_config(dict) -> Config``
                                     that raises ``UnsupportedConfigError`` for attributes it
-                                    does not handle, and ``hidden_size`` / ``num_layers``.
+                                    does not handle and for missing or ill-typed fields
+                                    (``config_int`` / ``config_float``), and
+                                    ``hidden_size`` / ``num_layers``.
   Model                             a Linen module; ``Model(config, dtype=...)`` and
                                     ``apply({"params": p}, input_ids, attention_mask,
                                     output_hidden_states=False, return_logits=True)``
@@ -21,6 +23,7 @@ nested dicts, and ``jit``/sharding apply to pure functions without module state.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Optional
 
 import flax.struct
@@ -116,6 +119,54 @@ def check_hf_config(hf: dict, handled: set[str], family: str, ignorable: set[str
         raise UnsupportedConfigError(
             f"{family} port does not handle config attribute(s) {unknown}; "
             "refusing rather than silently ignoring them")
+
+
+_REQUIRED = object()
+
+
+def _absent(hf: dict, key: str, family: str, default) -> bool:
+    """True if ``hf[key]`` is absent or null (then ``default`` applies); raises if it is required."""
+    if hf.get(key) is not None:
+        return False
+    if default is _REQUIRED:
+        raise UnsupportedConfigError(f"{family} config lacks required field {key!r}")
+    return True
+
+
+def config_int(hf: dict, key: str, family: str, default: Any = _REQUIRED, minimum: int = 1) -> Optional[int]:
+    """``hf[key]`` as an int of at least ``minimum``; ``default`` when absent or null.
+
+    Raises:
+      UnsupportedConfigError naming the field: absent without a default, not an integer (a
+        string, a float, a bool), or below ``minimum`` (e.g. zero attention heads).
+    """
+    if _absent(hf, key, family, default):
+        return default
+    v = hf[key]
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise UnsupportedConfigError(f"{family} config field {key!r} is {v!r} ({type(v).__name__}); "
+                                     "expected an integer")
+    if v < minimum:
+        raise UnsupportedConfigError(f"{family} config field {key!r} is {v}; expected at least {minimum}")
+    return int(v)
+
+
+def config_float(hf: dict, key: str, family: str, default: Any = _REQUIRED, positive: bool = True) -> Optional[float]:
+    """``hf[key]`` as a float (ints accepted), > 0 if ``positive``; ``default`` when absent or null.
+
+    Raises:
+      UnsupportedConfigError naming the field: absent without a default, not a number, or not
+        positive.
+    """
+    if _absent(hf, key, family, default):
+        return default
+    v = hf[key]
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise UnsupportedConfigError(f"{family} config field {key!r} is {v!r} ({type(v).__name__}); "
+                                     "expected a number")
+    if positive and not v > 0:
+        raise UnsupportedConfigError(f"{family} config field {key!r} is {v}; expected a positive number")
+    return float(v)
 
 
 @dataclasses.dataclass

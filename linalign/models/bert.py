@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from linalign.models import convert
-from linalign.models.base import ModelOutput, UnsupportedConfigError, check_hf_config
+from linalign.models.base import (ModelOutput, UnsupportedConfigError, check_hf_config, config_float,
+                                  config_int)
 
 MODEL_TYPES = ("bert",)
 IS_CAUSAL = False
@@ -46,22 +47,29 @@ _TRAINING_ONLY = {"hidden_dropout_prob", "attention_probs_dropout_prob", "classi
                   "tie_word_embeddings", "gradient_checkpointing", "initializer_range"}
 
 
-def _require(hf: dict, key: str, family: str):
-    if key not in hf:
-        raise UnsupportedConfigError(f"{family} config lacks required attribute {key!r}")
-    return hf[key]
+def encoder_fields(hf: dict, family: str, max_positions: int) -> dict:
+    """The typed fields BERT-style configs share, as ``Config`` keyword arguments.
 
-
-def _check_common(hf: dict, family: str) -> None:
+    Raises:
+      UnsupportedConfigError: a decoder config, an unknown activation, a missing or ill-typed
+        size (``config_int``), or a hidden size not divisible by the head count.
+    """
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
         raise UnsupportedConfigError(f"{family} port is an encoder; is_decoder/add_cross_attention "
                                      "must be false")
     if hf.get("hidden_act", "gelu") not in ACTIVATIONS:
         raise UnsupportedConfigError(f"{family}: hidden_act {hf.get('hidden_act')!r} not supported; "
                                      f"expected one of {sorted(ACTIVATIONS)}")
-    if hf["hidden_size"] % hf["num_attention_heads"]:
-        raise UnsupportedConfigError(f"{family}: hidden_size {hf['hidden_size']} is not divisible by "
-                                     f"num_attention_heads {hf['num_attention_heads']}")
+    d = config_int(hf, "hidden_size", family)
+    n = config_int(hf, "num_attention_heads", family)
+    if d % n:
+        raise UnsupportedConfigError(f"{family}: hidden_size {d} is not divisible by num_attention_heads {n}")
+    return dict(vocab_size=config_int(hf, "vocab_size", family), hidden_size=d,
+                num_layers=config_int(hf, "num_hidden_layers", family), num_heads=n,
+                intermediate_size=config_int(hf, "intermediate_size", family, 4 * d),
+                max_position_embeddings=config_int(hf, "max_position_embeddings", family, max_positions),
+                layer_norm_eps=config_float(hf, "layer_norm_eps", family, 1e-12),
+                hidden_act=hf.get("hidden_act", "gelu"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,17 +103,9 @@ class Config:
             raise UnsupportedConfigError(
                 f"bert: position_embedding_type {hf['position_embedding_type']!r} not supported "
                 "(only 'absolute')")
-        for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-            _require(hf, k, "bert")
-        _check_common(hf, "bert")
-        return cls(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-                   num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-                   intermediate_size=hf.get("intermediate_size", 4 * hf["hidden_size"]),
-                   max_position_embeddings=hf.get("max_position_embeddings", 512),
-                   type_vocab_size=hf.get("type_vocab_size", 2),
-                   layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-                   hidden_act=hf.get("hidden_act", "gelu"),
-                   pad_token_id=hf.get("pad_token_id") or 0)
+        return cls(**encoder_fields(hf, "bert", 512),
+                   type_vocab_size=config_int(hf, "type_vocab_size", "bert", 2),
+                   pad_token_id=config_int(hf, "pad_token_id", "bert", 0, minimum=0))
 
 
 # ----------------------------------------------------------------------------- modules

@@ -30,7 +30,7 @@ import numpy as np
 
 from linalign.models import decoder
 from linalign.models import rope as rope_lib
-from linalign.models.base import UnsupportedConfigError, check_hf_config
+from linalign.models.base import UnsupportedConfigError, check_hf_config, config_float, config_int
 from linalign.models.decoder import KVCache, init_cache, new_cache  # noqa: F401
 
 MODEL_TYPES = ("gemma3_text",)
@@ -84,8 +84,10 @@ class Config:
         if hf.get("attn_logit_softcapping") is not None:
             warnings.warn("gemma3: attn_logit_softcapping is set; like transformers' Gemma 3 the port does "
                           "not apply it", stacklevel=2)
-        n_layers = int(hf["num_hidden_layers"])
-        pattern = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)) or 6)
+        fam = "gemma3"
+        n_layers = config_int(hf, "num_hidden_layers", fam)
+        pattern_key = "sliding_window_pattern" if "sliding_window_pattern" in hf else "_sliding_window_pattern"
+        pattern = config_int(hf, pattern_key, fam, 0, minimum=0) or 6
         layer_types = hf.get("layer_types") or [
             "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
         if len(layer_types) != n_layers or set(layer_types) - {"full_attention", "sliding_attention"}:
@@ -95,21 +97,26 @@ class Config:
             full, local = rp.get("full_attention"), rp.get("sliding_attention")
         else:  # legacy: rope_theta + rope_scaling for global layers, rope_local_base_freq for sliding
             full, local = (rp or hf.get("rope_scaling")), {"rope_theta": hf.get("rope_local_base_freq", 10_000.0)}
-        window = hf.get("sliding_window", 4096)
-        n_heads = int(hf["num_attention_heads"])
+        # An explicit null window makes every layer global; an absent one is transformers' 4096.
+        window = config_int(hf, "sliding_window", fam, None if "sliding_window" in hf else 4096)
+        n_heads = config_int(hf, "num_attention_heads", fam)
+        n_kv = config_int(hf, "num_key_value_heads", fam, n_heads)
+        if n_heads % n_kv:
+            raise UnsupportedConfigError(f"gemma3: num_attention_heads={n_heads} not a multiple of kv heads {n_kv}")
         return cls(
-            model_type="gemma3_text", vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
-            intermediate_size=int(hf["intermediate_size"]), num_layers=n_layers, num_heads=n_heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or n_heads), head_dim=int(hf.get("head_dim", 256)),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 131072)),
-            rope_global=rope_lib.RopeSpec.from_hf(full, float(hf.get("rope_theta", 1_000_000.0)), "gemma3"),
+            model_type="gemma3_text", vocab_size=config_int(hf, "vocab_size", fam),
+            hidden_size=config_int(hf, "hidden_size", fam),
+            intermediate_size=config_int(hf, "intermediate_size", fam), num_layers=n_layers, num_heads=n_heads,
+            num_kv_heads=n_kv, head_dim=config_int(hf, "head_dim", fam, 256),
+            rms_norm_eps=config_float(hf, "rms_norm_eps", fam, 1e-6),
+            max_position_embeddings=config_int(hf, "max_position_embeddings", fam, 131072),
+            rope_global=rope_lib.RopeSpec.from_hf(full, config_float(hf, "rope_theta", fam, 1_000_000.0), "gemma3"),
             rope_local=rope_lib.RopeSpec.from_hf(local, 10_000.0, "gemma3 (sliding layers)"),
-            query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
-            sliding_windows=tuple(int(window) if t == "sliding_attention" and window else None for t in layer_types),
+            query_pre_attn_scalar=config_float(hf, "query_pre_attn_scalar", fam, 256.0),
+            sliding_windows=tuple(window if t == "sliding_attention" and window else None for t in layer_types),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
             attention_bias=bool(hf.get("attention_bias", False)),
-            final_logit_softcapping=hf.get("final_logit_softcapping"),
+            final_logit_softcapping=config_float(hf, "final_logit_softcapping", fam, None),
             attn_logit_softcapping=hf.get("attn_logit_softcapping"),
             bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from linalign.models import decoder
 from linalign.models import rope as rope_lib
-from linalign.models.base import UnsupportedConfigError, check_hf_config
+from linalign.models.base import UnsupportedConfigError, check_hf_config, config_float, config_int
 # The cache is part of every causal family's surface (``family.KVCache``, ``family.new_cache``).
 from linalign.models.decoder import KVCache, init_cache, new_cache  # noqa: F401
 
@@ -59,7 +59,8 @@ class Config:
         """Builds a Config from a config.json dict, refusing attributes it does not implement.
 
         Raises:
-          UnsupportedConfigError: unknown attribute, model_type, activation or rope type.
+          UnsupportedConfigError: unknown attribute, model_type, activation or rope type, or a
+            missing or ill-typed field (a string size, zero heads...), named.
         """
         mt = hf.get("model_type")
         if mt not in MODEL_TYPES:
@@ -76,35 +77,39 @@ class Config:
             raise UnsupportedConfigError(f"llama port: hidden_act={hf['hidden_act']!r} (only 'silu')")
         if (hf.get("pretraining_tp") or 1) != 1:
             raise UnsupportedConfigError("llama port: pretraining_tp != 1 is not implemented")
-        n_layers = int(hf["num_hidden_layers"])
-        n_heads = int(hf["num_attention_heads"])
-        n_kv = int(hf.get("num_key_value_heads") or n_heads)
+        fam = f"llama ({mt})"
+        n_layers = config_int(hf, "num_hidden_layers", fam)
+        n_heads = config_int(hf, "num_attention_heads", fam)
+        n_kv = config_int(hf, "num_key_value_heads", fam, n_heads)
         if n_heads % n_kv:
             raise UnsupportedConfigError(f"num_attention_heads={n_heads} not a multiple of kv heads {n_kv}")
-        head_dim = int(hf.get("head_dim") or hf["hidden_size"] // n_heads)
+        hidden = config_int(hf, "hidden_size", fam)
+        head_dim = config_int(hf, "head_dim", fam, 0, minimum=0) or hidden // n_heads
+        if head_dim < 1:
+            raise UnsupportedConfigError(f"{fam}: hidden_size {hidden} gives no head_dim for {n_heads} heads")
         rope_dict = hf.get("rope_parameters") or hf.get("rope_scaling")
-        default_theta = float(hf.get("rope_theta", 10000.0))
+        default_theta = config_float(hf, "rope_theta", fam, 10000.0)
         if rope_dict and any(isinstance(v, dict) for v in rope_dict.values()):
             raise UnsupportedConfigError(f"llama port: per-layer-type rope_parameters {rope_dict}")
         spec = rope_lib.RopeSpec.from_hf(rope_dict, default_theta, f"llama ({mt})")
-        window = hf.get("sliding_window")
-        if mt in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
-            window = None
+        window = None
+        if mt not in ("qwen2", "qwen3") or hf.get("use_sliding_window", False):
+            window = config_int(hf, "sliding_window", fam, None)
         layer_types = hf.get("layer_types")
         if layer_types is None:
             if mt in ("qwen2", "qwen3") and window is not None:
-                first = int(hf.get("max_window_layers", 28))
+                first = config_int(hf, "max_window_layers", fam, 28, minimum=0)
                 layer_types = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
             else:
                 layer_types = ["sliding_attention" if window else "full_attention"] * n_layers
         if len(layer_types) != n_layers or set(layer_types) - {"full_attention", "sliding_attention"}:
             raise UnsupportedConfigError(f"llama port: layer_types {layer_types} not understood")
-        windows = tuple(int(window) if (t == "sliding_attention" and window) else None for t in layer_types)
+        windows = tuple(window if (t == "sliding_attention" and window) else None for t in layer_types)
         return cls(
-            model_type=mt, vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
-            intermediate_size=int(hf["intermediate_size"]), num_layers=n_layers, num_heads=n_heads,
-            num_kv_heads=n_kv, head_dim=head_dim, rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 2048)), rope=spec,
+            model_type=mt, vocab_size=config_int(hf, "vocab_size", fam), hidden_size=hidden,
+            intermediate_size=config_int(hf, "intermediate_size", fam), num_layers=n_layers, num_heads=n_heads,
+            num_kv_heads=n_kv, head_dim=head_dim, rms_norm_eps=config_float(hf, "rms_norm_eps", fam, 1e-6),
+            max_position_embeddings=config_int(hf, "max_position_embeddings", fam, 2048), rope=spec,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=bool(hf.get("attention_bias", mt == "qwen2")),
             mlp_bias=bool(hf.get("mlp_bias", False)), qk_norm=(mt == "qwen3"),

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from linalign.models import bert, convert
-from linalign.models.base import ModelOutput, UnsupportedConfigError, check_hf_config
+from linalign.models.base import ModelOutput, UnsupportedConfigError, check_hf_config, config_int
 
 MODEL_TYPES = ("mpnet",)
 IS_CAUSAL = False
@@ -56,22 +56,13 @@ class Config:
             "intermediate_size", "max_position_embeddings", "layer_norm_eps", "hidden_act",
             "relative_attention_num_buckets", "pad_token_id", "is_decoder", "add_cross_attention"},
             "mpnet", ignorable=bert._TRAINING_ONLY)
-        for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-            bert._require(hf, k, "mpnet")
-        buckets = hf.get("relative_attention_num_buckets", NUM_BUCKETS)
+        buckets = config_int(hf, "relative_attention_num_buckets", "mpnet", NUM_BUCKETS)
         if buckets != NUM_BUCKETS:
             raise UnsupportedConfigError(
                 f"mpnet: relative_attention_num_buckets={buckets} not supported (Hugging Face's "
                 f"MPNet always buckets into {NUM_BUCKETS}, so other values are ill-defined)")
-        bert._check_common(hf, "mpnet")
-        return cls(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-                   num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-                   intermediate_size=hf.get("intermediate_size", 4 * hf["hidden_size"]),
-                   max_position_embeddings=hf.get("max_position_embeddings", 514),
-                   layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-                   hidden_act=hf.get("hidden_act", "gelu"),
-                   relative_attention_num_buckets=buckets,
-                   pad_token_id=hf.get("pad_token_id", PADDING_IDX))
+        return cls(**bert.encoder_fields(hf, "mpnet", 514), relative_attention_num_buckets=buckets,
+                   pad_token_id=config_int(hf, "pad_token_id", "mpnet", PADDING_IDX, minimum=0))
 
 
 def relative_position_bucket(rel_ts: jax.Array, num_buckets: int = NUM_BUCKETS,
