@@ -82,6 +82,21 @@ def test_dtype_and_mesh_placement(tmp_path):
         checkpoints.load(d, dtype="int8", cache_root=root)
 
 
+def test_config_hash_is_one_function(tmp_path):
+    import dataclasses
+
+    from linalign import extract
+    from linalign.models import bert
+
+    assert extract.config_hash is checkpoints.config_hash
+    d, _ = tiny_model_dir(tmp_path, "bert")
+    cfg = checkpoints.load(d, cache=False).config
+    h = checkpoints.config_hash(cfg)
+    assert h == checkpoints.config_hash(dataclasses.asdict(cfg)) and len(h) == 64
+    assert h != checkpoints.config_hash(dataclasses.replace(cfg, num_layers=cfg.num_layers + 1))
+    assert isinstance(cfg, bert.Config)
+
+
 def test_unknown_asset_name():
     with pytest.raises(CheckpointError, match="neither an existing path nor a usable asset"):
         checkpoints.load("no-such-model-anywhere", cache=False)
