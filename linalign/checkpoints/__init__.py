@@ -4,13 +4,16 @@
     m = checkpoints.load("all-minilm-l6-v2")             # bundled asset
     m = checkpoints.load("/models/my-bert")              # Hugging Face directory
     m = checkpoints.load("SmolLM2-135M.Q4_1.gguf")       # GGUF file
+    m = checkpoints.load("sentence-transformers/all-MiniLM-L6-v2")  # local Hugging Face cache
     out = m(enc.ids, enc.mask, output_hidden_states=True)
 
 Dispatch: a path ending in ``.gguf`` goes to ``linalign.checkpoints.gguf.read_gguf``; a
 directory to ``hf_dir`` (safetensors, sharded or not; sentence-transformers layouts give the
-default pooling); anything else is looked up as an asset name. The config's ``model_type``
-selects the family (``linalign.models.family_for``), whose ``Config.from_hf_config`` and
-``convert_params`` do the rest. Converted params are cached (``cache.py``) keyed by a cheap
+default pooling); anything else is looked up as an asset name, then as ``org/name[@revision]``
+in the local Hugging Face cache (``hub_cache``: a snapshot directory or its single GGUF file;
+never the network). The config's ``model_type`` selects the family
+(``linalign.models.family_for``), whose ``Config.from_hf_config`` and ``convert_params`` do the
+rest. Converted params are cached (``cache.py``) keyed by a cheap
 fingerprint of the source, so the second load skips reading and converting the source.
 """
 
@@ -35,23 +38,36 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve(path_or_asset_name: str | os.PathLike) -> pathlib.Path:
-    """A filesystem path as is, else ``linalign.assets.path(name)``.
+    """A filesystem path as is; else an asset name (``linalign.assets.path``); else a model in the
+    local Hugging Face cache by ``org/name`` or ``org/name@revision`` (``hub_cache``; no network).
 
     Raises:
-      CheckpointError: neither an existing path nor a known asset name.
+      CheckpointError: none of these; the message says where the cache was looked in.
     """
+    from linalign.checkpoints import hub_cache
+
     p = pathlib.Path(path_or_asset_name).expanduser()
     if p.exists():
         return p
     name = str(path_or_asset_name)
-    if os.sep not in name and not name.endswith(".gguf"):
-        from linalign import assets
-
+    if isinstance(path_or_asset_name, os.PathLike) or not hub_cache.is_repo_id(name):
+        raise CheckpointError(f"{p} does not exist")
+    if "/" in name.partition("@")[0]:
         try:
-            return assets.path(name)
-        except assets.AssetError as e:
-            raise CheckpointError(f"{name!r} is neither an existing path nor a usable asset: {e}") from None
-    raise CheckpointError(f"{p} does not exist")
+            return hub_cache.resolve(name)
+        except CheckpointError as e:
+            raise CheckpointError(f"{name} is not an existing path, and {e}") from None
+    from linalign import assets
+
+    try:
+        return assets.path(name)
+    except assets.AssetError as e:
+        asset_error = e
+    try:  # a repository without an organisation, e.g. "gpt2"
+        return hub_cache.resolve(name)
+    except CheckpointError as e:
+        raise CheckpointError(f"{name!r} is neither an existing path nor a usable asset: {asset_error}; "
+                              f"and {e}") from None
 
 
 def config_hash(config: Any) -> str:
@@ -139,7 +155,8 @@ def load(path_or_asset_name, dtype: str = "float32", mesh=None, cache: bool = Tr
 
     Args:
       path_or_asset_name: a ``.gguf`` file, a Hugging Face / sentence-transformers directory,
-        or an asset name from ``linalign.assets``.
+        an asset name from ``linalign.assets``, or ``org/name[@revision]`` of a model in the
+        local Hugging Face cache.
       dtype: params and activation dtype: "float32" (default), "bfloat16" or "float16".
       mesh: optional ``jax.sharding.Mesh``; params are replicated over it unless
         ``shard_axis`` names an axis to split them over.
