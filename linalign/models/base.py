@@ -124,13 +124,18 @@ def check_hf_config(hf: dict, handled: set[str], family: str, ignorable: set[str
 _REQUIRED = object()
 
 
-def _absent(hf: dict, key: str, family: str, default) -> bool:
-    """True if ``hf[key]`` is absent or null (then ``default`` applies); raises if it is required."""
-    if hf.get(key) is not None:
-        return False
-    if default is _REQUIRED:
-        raise UnsupportedConfigError(f"{family} config lacks required field {key!r}")
-    return True
+def _number(hf: dict, key: str, family: str, default, integer: bool) -> tuple[bool, Any]:
+    """(absent, value): ``(True, default)`` when ``hf[key]`` is absent or null, else the value
+    checked to be an integer (``integer``) or a real number; bools are neither."""
+    if hf.get(key) is None:
+        if default is _REQUIRED:
+            raise UnsupportedConfigError(f"{family} config lacks required field {key!r}")
+        return True, default
+    v = hf[key]
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral if integer else numbers.Real):
+        raise UnsupportedConfigError(f"{family} config field {key!r} is {v!r} ({type(v).__name__}); "
+                                     f"expected {'an integer' if integer else 'a number'}")
+    return False, v
 
 
 def config_int(hf: dict, key: str, family: str, default: Any = _REQUIRED, minimum: int = 1) -> Optional[int]:
@@ -140,15 +145,10 @@ def config_int(hf: dict, key: str, family: str, default: Any = _REQUIRED, minimu
       UnsupportedConfigError naming the field: absent without a default, not an integer (a
         string, a float, a bool), or below ``minimum`` (e.g. zero attention heads).
     """
-    if _absent(hf, key, family, default):
-        return default
-    v = hf[key]
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise UnsupportedConfigError(f"{family} config field {key!r} is {v!r} ({type(v).__name__}); "
-                                     "expected an integer")
-    if v < minimum:
+    absent, v = _number(hf, key, family, default, integer=True)
+    if not absent and v < minimum:
         raise UnsupportedConfigError(f"{family} config field {key!r} is {v}; expected at least {minimum}")
-    return int(v)
+    return v if absent else int(v)
 
 
 def config_float(hf: dict, key: str, family: str, default: Any = _REQUIRED, positive: bool = True) -> Optional[float]:
@@ -158,15 +158,10 @@ def config_float(hf: dict, key: str, family: str, default: Any = _REQUIRED, posi
       UnsupportedConfigError naming the field: absent without a default, not a number, or not
         positive.
     """
-    if _absent(hf, key, family, default):
-        return default
-    v = hf[key]
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise UnsupportedConfigError(f"{family} config field {key!r} is {v!r} ({type(v).__name__}); "
-                                     "expected a number")
-    if positive and not v > 0:
+    absent, v = _number(hf, key, family, default, integer=False)
+    if not absent and positive and not v > 0:
         raise UnsupportedConfigError(f"{family} config field {key!r} is {v}; expected a positive number")
-    return float(v)
+    return v if absent else float(v)
 
 
 @dataclasses.dataclass
