@@ -154,10 +154,12 @@ def stage_wheels(ctx):
     cmd = ("pip download --no-deps --only-binary=:all: --python-version 3.12 "
            "--platform manylinux_2_28_x86_64 -d wheels " + " ".join(CARRY_WHEELS))
     return dict(needed=list(CARRY_WHEELS), missing_here=missing, fetch_command=cmd,
-                install_command="pip install --no-index --find-links wheels " +
+                install_command="pip install --no-index --no-deps --find-links wheels " +
                 " ".join(CARRY_WHEELS),
                 why="gguf: reading GGUF checkpoints (linalign.checkpoints.gguf); everything else "
-                    "the core needs is in the image")
+                    "the core needs is in the image. --no-deps: gguf's metadata names requests, "
+                    "which it imports only to fetch remote files, and numpy, pyyaml and tqdm, "
+                    "which the image has")
 
 
 def stage_build(ctx):
