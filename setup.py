@@ -24,6 +24,7 @@ setuptools.setup(
         "flax>=0.12",
         "optax",
         "orbax-checkpoint",
+        "etils",  # epath: object-store paths (linalign.atomic, linalign.distributed)
         "absl-py",
         "safetensors",
         "tokenizers",
