@@ -203,6 +203,7 @@ def _hf_forward(hf, ids, dtype):
 
 
 def stage_parity(ctx):
+    import jax
     import numpy as np
 
     from linalign import checkpoints
@@ -218,9 +219,15 @@ def stage_parity(ctx):
         mask = np.ones_like(ids)
         ref_h, ref_l = _hf_forward(m["hf"], ids, "float32")
         rows = {}
-        for dtype in ("float32", "bfloat16"):
+        # "float32" at Precision.HIGHEST like torch's float32 matmuls; "float32_default" is
+        # what a user gets from jax's default precision (TF32 on NVIDIA GPUs since Ampere).
+        for key, dtype, precision in (("float32", "float32", "highest"),
+                                      ("float32_default", "float32", None),
+                                      ("bfloat16", "bfloat16", None)):
             lm = checkpoints.load(m["path"], dtype=dtype, cache=False)
-            o = lm(ids, mask, output_hidden_states=True)
+            with (jax.default_matmul_precision(precision) if precision
+                  else contextlib.nullcontext()):
+                o = lm(ids, mask, output_hidden_states=True)
             ours_h = [np.asarray(h, np.float32) for h in o.hidden_states]
             if len(ours_h) != len(ref_h):
                 raise ValueError(f"{name}: {len(ours_h)} hidden states vs transformers' {len(ref_h)}")
@@ -235,7 +242,7 @@ def stage_parity(ctx):
                 r["next_token_top1_agree"] = float(np.mean(ours_l.argmax(-1) == ref_l.argmax(-1)))
                 if dtype != "float32":
                     r["transformers_next_token_kl_max"] = float(kl_rows(ref_l, hf_l).max())
-            rows[dtype] = r
+            rows[key] = r
         out[name] = rows
     return dict(reference="transformers float32 on the same device", batch=b, tokens=t,
                 models=out)
