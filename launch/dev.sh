@@ -5,9 +5,14 @@
 #   bash launch/dev.sh test          # the whole test suite (real-model tests included)
 #   bash launch/dev.sh test-fast     # skip tests marked slow
 #   bash launch/dev.sh python ...    # anything else inside the environment
+#   bash launch/dev.sh setup-core    # core-only environment: Python 3.12, newest releases
+#   bash launch/dev.sh test-core ... # pytest inside it (tests needing the FHE libraries skip)
 #
-# The environment lives in $LINALIGN_VENV (default: .venv in the repository) and is
-# rebuilt only when requirements change.
+# The pinned environment (Python 3.11, the FHE set) lives in $LINALIGN_VENV (default: .venv in
+# the repository) and is rebuilt only when requirements change. The core environment lives in
+# $LINALIGN_CORE_VENV (default: .venv-core), uses $PYTHON_CORE (default: pyenv's 3.12, else
+# python3.12) and is upgraded to the newest releases on every setup-core; it gets the
+# `reference` extra (torch, for the parity tests) unless LINALIGN_CORE_TORCH=0.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -32,6 +37,35 @@ setup_env() {
   echo "[linalign] environment ready in $((SECONDS - t0)) s ($(du -sh "$venv" | cut -f1))" >&2
 }
 
+core_venv="${LINALIGN_CORE_VENV:-$here/.venv-core}"
+
+core_python() {
+  if [ -n "${PYTHON_CORE:-}" ]; then echo "$PYTHON_CORE"; return; fi
+  if command -v pyenv >/dev/null 2>&1; then
+    for p in "$(pyenv root)"/versions/3.12.*/bin/python3.12; do
+      [ -x "$p" ] && { echo "$p"; return; }
+    done
+  fi
+  if python3.12 -c 'import sys' >/dev/null 2>&1; then command -v python3.12; return; fi
+  echo "[linalign] no Python 3.12 found; set PYTHON_CORE" >&2
+  return 1
+}
+
+setup_core() {
+  local t0=$SECONDS extras="dev,reference"
+  [ "${LINALIGN_CORE_TORCH:-1}" = "0" ] && extras="dev"
+  if [ ! -x "$core_venv/bin/python" ]; then
+    local cpy; cpy="$(core_python)"
+    echo "[linalign] creating core environment in $core_venv ($("$cpy" -V))" >&2
+    "$cpy" -m venv "$core_venv"
+  fi
+  # Unpinned on purpose: this environment tracks the newest jax/flax/numpy releases. On Linux
+  # PyPI's torch is a CUDA build (about 4 GB with its libraries; 70 s to install here).
+  "$core_venv/bin/python" -m pip install -q -U --upgrade-strategy eager -e ".[$extras]"
+  echo "[linalign] core environment ready in $((SECONDS - t0)) s ($(du -sh "$core_venv" | cut -f1)):" \
+    "$("$core_venv/bin/python" -c 'import jax, flax, numpy, sys; print(f"Python {sys.version.split()[0]}, jax {jax.__version__}, flax {flax.__version__}, numpy {numpy.__version__}")')" >&2
+}
+
 cmd="${1:-help}"; shift || true
 case "$cmd" in
   setup) setup_env ;;
@@ -39,5 +73,7 @@ case "$cmd" in
   test) setup_env; exec "$venv/bin/python" -m pytest -q "$@" ;;
   test-fast) setup_env; exec "$venv/bin/python" -m pytest -q -m "not slow" "$@" ;;
   python) setup_env; exec "$venv/bin/python" "$@" ;;
-  *) sed -n '2,10p' "$0"; exit 2 ;;
+  setup-core) setup_core ;;
+  test-core) [ -x "$core_venv/bin/python" ] || setup_core; exec "$core_venv/bin/python" -m pytest -q "$@" ;;
+  *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -19,9 +19,9 @@
 # One process per node: LINALIGN_SLURM_MODE=per-node sbatch --ntasks-per-node=1 launch/slurm_gpu.sh ...
 #   (each process then drives all of its node's GPUs).
 #
-# Environment: a venv on a filesystem every node mounts, made once with
-#   python -m venv .venv && .venv/bin/pip install -r requirements.txt -c requirements.lock \
-#     && .venv/bin/pip install -e . "jax[cuda12]==0.7.1"
+# Environment: a venv on a filesystem every node mounts, made once with the core package only
+# (GPU nodes need neither torch nor the FHE libraries; Python >= 3.11, current jax):
+#   python3.12 -m venv .venv && .venv/bin/pip install -e . "jax[cuda13]"   # or jax[cuda12]
 # and pointed to by LINALIGN_VENV (default: .venv next to this script's repository). Inputs,
 # --out_dir and the checkpoint directory must be on that shared filesystem too.
 set -euo pipefail

@@ -32,8 +32,7 @@ case "$cmd" in
     "${gc[@]}" ssh "$TPU_NAME" --worker=all "${where[@]}" --command="set -e
       mkdir -p $remote && tar -xzf linalign_src.tar.gz -C $remote && cd $remote
       python3 -m venv .venv
-      .venv/bin/pip install -q -r requirements.txt -c requirements.lock
-      .venv/bin/pip install -q -e . 'jax[tpu]==0.7.1'"
+      .venv/bin/pip install -q -e . 'jax[tpu]'"
     rm -f "$tarball" ;;
   run)
     [[ $# -gt 0 ]] || usage

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from linalign.models.base import CheckpointError, LoadedModel, UnsupportedConfigError
+from linalign.models.base import CheckpointError, LoadedModel, UnsupportedConfigError, auto_axes
 
 __all__ = ["CheckpointError", "LoadedModel", "load", "resolve", "config_hash"]
 
@@ -132,6 +132,7 @@ def _place(params: Any, dtype: str, mesh, shard_axis: Optional[str]):
         return jax.device_put(params)
     from jax.sharding import NamedSharding, PartitionSpec as P
 
+    mesh = auto_axes(mesh)
     n = mesh.shape[shard_axis] if shard_axis else 1
     if shard_axis and shard_axis not in mesh.shape:
         raise ValueError(f"shard_axis {shard_axis!r} is not a mesh axis ({dict(mesh.shape)})")

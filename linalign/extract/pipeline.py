@@ -182,6 +182,7 @@ def extract(model: base.LoadedModel, texts: Sequence[str], pooling: Optional[str
     if max_length is None:
         max_length = tok.model_max_length or 512
     dim = int(model.config.hidden_size)
+    mesh = None if mesh is None else base.auto_axes(mesh)
     fn = _forward_fn(model, per_token, layer, mesh)
     pool_index = np.int32(base.POOLINGS.index(pool_mode) if pool_mode else 0)
     params = model.params if mesh is None else _params_on_mesh(model.params, mesh)

@@ -85,6 +85,19 @@ def pool(hidden_bsd: jax.Array, mask_bs: jax.Array, pooling: str) -> jax.Array:
     return jnp.take_along_axis(h, idx[:, None, None], axis=1)[:, 0]
 
 
+def auto_axes(mesh):
+    """The same mesh with Auto axis types (sharding propagated by XLA).
+
+    ``jax.make_mesh`` gives Explicit axes from jax 0.9 on, under which an embedding gather from a
+    sharded table needs a per-operation ``out_sharding``; linalign places params and batches
+    with NamedShardings and lets jit propagate, so a user's Explicit mesh is used as Auto.
+    Meshes are interned by jax, so the result is the same object on every call.
+    """
+    from jax.sharding import Mesh
+
+    return Mesh(mesh.devices, mesh.axis_names)
+
+
 def check_hf_config(hf: dict, handled: set[str], family: str, ignorable: set[str] = frozenset()) -> None:
     """Refuses any HF config attribute a port does not handle.
 

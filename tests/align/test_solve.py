@@ -4,7 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental import enable_x64
+
+try:  # jax >= 0.9: jax.enable_x64 is a config state; calling it with True gives the context.
+    from jax import enable_x64 as _enable_x64
+
+    def enable_x64():
+        return _enable_x64(True)
+except ImportError:  # jax 0.7 (the pinned FHE set)
+    from jax.experimental import enable_x64
 
 from linalign import align
 
