@@ -166,3 +166,17 @@ def send(sock: socket.socket, msg_type: MsgType, meta: Mapping[str, Any] | None 
     frame = encode(msg_type, meta, blobs)
     sock.sendall(frame)
     return len(frame)
+
+
+def decode(frame: bytes, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """Parses one complete frame held in memory (the same checks as ``recv``)."""
+    if len(frame) < HEADER.size:
+        raise ProtocolError(f"frame of {len(frame)} bytes is shorter than the header")
+    mtype, length = parse_header(frame[: HEADER.size], max_message_bytes)
+    if length != len(frame) - HEADER.size:
+        raise ProtocolError(f"header declares {length} payload bytes, frame has {len(frame) - HEADER.size} (truncated)")
+    try:
+        meta, blobs = unpack_blobs(frame[HEADER.size :], what=f"{mtype.name} payload")
+    except DeserializationError as e:
+        raise ProtocolError(str(e)) from None
+    return Message(mtype, meta, blobs)

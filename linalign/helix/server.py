@@ -252,9 +252,12 @@ class Server:
                 self._threads = [t for t in self._threads if t.is_alive()] + [th]
         finally:
             self._sock.close()
+            # Natural end: let open connections finish (each is bounded by max_connection_s);
+            # stop(): give them a moment, then leave them to their own time limits.
+            wait = 2.0 if self._stop.is_set() else cfg.max_connection_s
             for th in self._threads:
-                th.join(timeout=cfg.max_connection_s)
-            self.pool.shutdown(wait=True)
+                th.join(timeout=wait)
+            self.pool.shutdown(wait=not self._stop.is_set())
 
     def _log(self, identity, peer, mtype, n_in, n_out, t0, status) -> None:
         self.requests.info(json.dumps(log_line(identity, peer, mtype, n_in, n_out, t0, status)))
