@@ -44,7 +44,7 @@ def test_bbc_minilm_to_mpnet_encrypted_matches_plaintext(tmp_path):
     plain_scores = (z_b_test @ w + b) @ v + c
 
     bundle = save_bundle(tmp_path / "p.npz", Bundle(v, c, z_a_pub, {"public_fingerprint": "t"}))
-    proc, port = start_server(bundle, tmp_path, "--max_connections=1", "--io_timeout=600")
+    proc, port = start_server(bundle, tmp_path, "--max_connections=1", "--idle_timeout=600", "--frame_timeout=600")
     try:
         with HelixClient(port) as cl:
             affine = cl.fit(z_b_pub, lam)
