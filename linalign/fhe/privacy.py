@@ -14,7 +14,9 @@ more than its result slots unless it is sanitised. ``Sanitizer`` does, in order:
 3. Re-randomisation: + Enc_pk(0) under the client's public key. Otherwise c1 is a public
    linear function of the client's c1 and the provider's plaintexts (one multiply_plain gives
    c1_out = c1_in * p(V): the client could divide).
-4. Gaussian flooding: iid N(0, sigma^2) integer noise on every coefficient of c0. For any fixed
+4. Gaussian flooding: iid integer Gaussian noise of std sigma on every coefficient of c0, at
+   full integer resolution (``integer_gaussian``: a rounded float would only reach multiples
+   of ~2^18 at sigma ~ 2^70 and leave the low bits of the error readable). For any fixed
    error polynomial e with ||e||_2 <= B (integer units), the statistical distance between
    (noise) and (e + noise) is at most ||e||_2 / (2 sigma) (Pinsker on the Gaussian KL
    ||e||^2 / (2 sigma^2); rounding to integers is a post-processing of both). With
@@ -51,24 +53,52 @@ import numpy as np
 from linalign.fhe import base
 
 
-def _mod_columns(coeffs: np.ndarray, moduli: "list[int]") -> np.ndarray:
-    """[k, N] uint64 residues of rounded float coefficients (|c| < 2^92) modulo each prime."""
-    r = np.rint(coeffs)
-    hi = np.floor(r / 2.0**31)  # exact: r = hi 2^31 + lo with 0 <= lo < 2^31
-    lo = (r - hi * 2.0**31).astype(np.int64)
+HI_SHIFT = 31  # integer noise = hi * 2^31 + lo
+LO_STD = 2.0**36  # lo's std: above the smoothing parameter of 2^31 Z (~3 * 2^31 at eps = 2^-40)
+
+
+def integer_gaussian(rng, sigma: float, n: int) -> "tuple[np.ndarray, np.ndarray]":
+    """[n] integers ~ N(0, sigma^2) at full integer resolution, as (hi, lo) int64 with value
+    hi * 2^31 + lo.
+
+    A float64 Gaussian rounded at sigma ~ 2^70 only reaches multiples of ~2^18: the client
+    would read the flooded error modulo 2^18 exactly. So hi is a rounded Gaussian of std
+    sigma / 2^31 and lo a rounded Gaussian of std 2^36 (above the smoothing parameter of the
+    lattice 2^31 Z); their combination is statistically close to a discrete Gaussian of std
+    sqrt(sigma^2 + 2^72) ~ sigma over the integers (convolution of lattice Gaussians).
+    """
+    hi = np.rint(rng.normal(0.0, sigma / 2.0**HI_SHIFT, n))
     if not np.all(np.abs(hi) < 2.0**61):
         raise base.FHEError("flooding noise beyond 2^92: the noise bound is not usable")
-    hi = hi.astype(np.int64)
-    out = np.empty((len(moduli), r.size), dtype=np.uint64)
+    lo = np.rint(rng.normal(0.0, LO_STD, n))
+    return hi.astype(np.int64), lo.astype(np.int64)
+
+
+def _residues(hi: np.ndarray, lo: np.ndarray, moduli: "list[int]") -> np.ndarray:
+    """[k, N] uint64 residues of hi * 2^31 + lo modulo each prime (< 2^61), exact in int64.
+
+    hi mod q is split into pieces of w = 62 - bits(q) bits; piece_i * (2^(31 + w i) mod q) is
+    then below 2^62 and every partial sum stays inside int64.
+    """
+    out = np.empty((len(moduli), hi.size), dtype=np.uint64)
     for j, q in enumerate(moduli):
         q = int(q)
-        h = np.mod(hi, q).astype(object) * pow(2, 31, q) + lo.astype(object)  # Python ints: exact
-        out[j] = (h % q).astype(np.uint64)
+        width = 62 - q.bit_length()  # piece * (multiplier < q) < 2^62
+        acc = np.mod(lo, q)  # int64 in [0, q)
+        h = np.mod(hi, q)
+        shift = HI_SHIFT
+        while np.any(h):
+            piece = h & ((1 << width) - 1)
+            mult = pow(2, shift, q)
+            acc = np.mod(acc + np.mod(piece * mult, q), q)
+            h = h >> width
+            shift += width
+        out[j] = acc.astype(np.uint64)
     return out
 
 
-def add_coeffs(ctx, evaluator, ct, coeffs: np.ndarray):
-    """ct + (coeffs, 0): adds an integer polynomial [N] to c0. Returns a new ciphertext."""
+def add_coeffs(ctx, evaluator, ct, hi: np.ndarray, lo: np.ndarray):
+    """ct + (hi 2^31 + lo, 0): adds an integer polynomial [N] to c0. Returns a new ciphertext."""
     import seal
 
     ct = seal.Ciphertext(ct)
@@ -80,7 +110,7 @@ def add_coeffs(ctx, evaluator, ct, coeffs: np.ndarray):
     nbytes = ct.size() * k * n * 8
     head, data = blob[: len(blob) - nbytes], np.frombuffer(blob, np.uint64, offset=len(blob) - nbytes).copy()
     data = data.reshape(ct.size(), k, n)
-    add = _mod_columns(np.asarray(coeffs, np.float64), moduli)
+    add = _residues(np.asarray(hi, np.int64), np.asarray(lo, np.int64), moduli)
     for j, q in enumerate(moduli):  # residues < q < 2^61: the uint64 sum cannot wrap
         data[0, j] = (data[0, j] + add[j]) % np.uint64(q)
     out = seal.Ciphertext()
@@ -164,8 +194,8 @@ class Sanitizer:
             ev.mod_switch_to_inplace(zero, out.parms_id())
             ev.add_inplace(out, self._enc.encrypt(zero))
         if self.sigma > 0:
-            noise = self._rng.normal(0.0, self.sigma, self.params.poly_modulus_degree)
-            out = add_coeffs(self.ctx, ev, out, noise)
+            hi, lo = integer_gaussian(self._rng, self.sigma, self.params.poly_modulus_degree)
+            out = add_coeffs(self.ctx, ev, out, hi, lo)
         return out
 
 

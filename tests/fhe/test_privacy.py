@@ -145,3 +145,22 @@ def test_fit_reply_with_impossible_magnitude_refused():
     client.set_provider_bounds({**ann, "za_col_norm": ann["za_col_norm"] / 1000})  # a lying bound
     with pytest.raises(base.FHEError, match="exceeds the possible"):
         client.decrypt_column(provider.cross(client.encrypt_column(0)), 0)
+
+
+def test_flood_noise_has_full_integer_resolution():
+    """A rounded float Gaussian at sigma ~ 2^74 would only hit multiples of ~2^21 and leave the
+    error's low bits readable; the (hi, lo) construction reaches every integer."""
+    from linalign.fhe.privacy import _residues, integer_gaussian
+
+    rng = np.random.default_rng(0)
+    hi, lo = integer_gaussian(rng, 2.0**74, 4000)
+    vals = [int(h) * 2**31 + int(l) for h, l in zip(hi, lo)]
+    assert np.std(np.asarray(vals, dtype=np.float64)) == pytest.approx(2.0**74, rel=0.05)
+    low = np.array([v % 1024 for v in vals])
+    # Low 10 bits uniform over 0..1023: chi-square test at alpha = 1e-4 (16 bins).
+    p = stats.chisquare(np.bincount(low // 64, minlength=16)).pvalue
+    assert p > ALPHA, p
+    qs = [1125899905744897, 1125899906629633, (1 << 59) - 55]
+    res = _residues(hi, lo, qs)
+    for j, q in enumerate(qs):
+        assert [int(r) for r in res[j]] == [v % q for v in vals]
