@@ -211,7 +211,7 @@ def main(argv):
         tls = make_cert(tmp / "tls", "server", ca, "localhost", server=True)
         secret = os.urandom(32)
         atomic_write_json(tmp / "secrets.json", {"bench": secret.hex()})
-        bundle = save_bundle(tmp / "head.npz", Bundle(v, c, None, {"input_norm": 1.0}))
+        bundle = save_bundle(tmp / "head.npz", Bundle(v, c, None, {"input_norm": 1.5}))  # queries have norm 1
         res["runs"] = []
         for slow in (0, FLAGS.slow_clients):
             proc, port = start_server(tmp, bundle, tls, tmp / "secrets.json")

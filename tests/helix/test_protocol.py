@@ -181,7 +181,9 @@ def test_cli_fit_query_and_server_stops(bundle_path, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     w, b = _plain_map(z_b[:N_PUBLIC], z_a[:N_PUBLIC], 1e-2)
     want = (z_b[N_PUBLIC:] @ np.asarray(w, np.float64) + np.asarray(b, np.float64)) @ v + c
-    np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), want, rtol=0, atol=2e-3)
+    # Flooding noise of the fit (through W) and of each reply (std < 5e-3, asserted in
+    # test_fit_and_query_match_plaintext) is the error; 0.05 is 10 std of the reply flood.
+    np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), want, rtol=0, atol=0.05)
     assert proc.wait(timeout=30) == 0  # stopped by itself after 2 connections
     bad = run("query", "--map=/nonexistent", f"--embeddings={tmp_path / 'q.npy'}", "--out=x.npy")
     assert bad.returncode != 0
