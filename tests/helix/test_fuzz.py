@@ -8,7 +8,6 @@ the client-side parser of a reply. The only acceptable failures are the protocol
 errors (ProtocolError, FHEError and its subclasses, ValueError, PermissionError).
 """
 
-import json
 import os
 import time
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import D_A, K, N_PUBLIC, make_data
+from linalign.atomic import atomic_write_json
 from linalign.fhe import base
 from linalign.fhe.fitting import FitClient
 from linalign.helix import messages as M
@@ -81,7 +81,7 @@ def test_fuzz_every_message_type(tmp_path):
     z_b, z_a, v, c = make_data()
     rng = np.random.default_rng(20261202)
     secret = os.urandom(32)
-    (tmp_path / "secrets.json").write_text(json.dumps({"org": secret.hex()}))
+    atomic_write_json(tmp_path / "secrets.json", {"org": secret.hex()})
     open_srv = Server(Bundle(v, c, z_a[:N_PUBLIC], {}), ServerConfig(query_budget=10**9, fit_budget=10**9))
     auth_srv = Server(Bundle(v, c, z_a[:N_PUBLIC], {}), ServerConfig(secrets_file=str(tmp_path / "secrets.json")))
     client = base.make_client("seal", D_A, K)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import D_A, D_B, K, N_PUBLIC, REPO, make_data
+from linalign.atomic import atomic_write, atomic_write_json
 from linalign.fhe import base
 from linalign.helix import messages as M
 from linalign.helix import security as S
@@ -38,7 +39,7 @@ def pki(tmp_path_factory):
     ca = make_ca(d, "ca")
     rogue = make_ca(d, "rogue-ca")
     secret = os.urandom(32)
-    (d / "secrets.json").write_text(json.dumps({"org-b": secret.hex()}))
+    atomic_write_json(d / "secrets.json", {"org-b": secret.hex()})
     return {
         "dir": d, "ca": ca, "server": make_cert(d, "server", ca, "localhost", server=True),
         "client": make_cert(d, "client-a", ca, "client-a"), "rogue_client": make_cert(d, "mallory", rogue, "mallory"),
@@ -259,9 +260,9 @@ def test_map_out_never_destroys(tmp_path):
     np.save(tmp_path / "pub.npy", z_b[:N_PUBLIC])
     unrelated = tmp_path / "thesis"
     unrelated.mkdir()
-    (unrelated / "chapter1.tex").write_text("precious")
+    atomic_write(unrelated / "chapter1.tex", "precious")
     note = tmp_path / "notes.txt"
-    note.write_text("also precious")
+    atomic_write(note, "also precious")
     cases = [(unrelated, [], "existing directory"), (unrelated, ["--overwrite"], "existing directory"),
              (note, [], "pass --overwrite"), (note, ["--overwrite"], "is not a map")]
     for target, extra, msg in cases:
