@@ -254,6 +254,7 @@ def bench_fit(save=lambda rows: None) -> list[dict]:
             client = fitting.FitClient(z_b, d_a, FLAGS.params)
             keygen_s = time.perf_counter() - t0
             provider = fitting.FitProvider(client.public_context(), z_a)
+            client.set_provider_bounds(provider.announce())  # the reply range check
             t_enc = t_eval = t_dec = 0.0
             up = down = 0
             got = []

@@ -107,6 +107,7 @@ def bench_fit(out: pathlib.Path) -> None:
     t0 = time.perf_counter()
     provider = fitting.FitProvider(client.public_context(), z_a)
     t_prep = time.perf_counter() - t0
+    client.set_provider_bounds(provider.announce())  # the reply range check
     t_enc = t_eval = t_dec = 0.0
     rows, up, down = [], 0, 0
     cols = client.num_columns if FLAGS.max_columns <= 0 else min(FLAGS.max_columns, client.num_columns)

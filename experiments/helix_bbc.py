@@ -1,12 +1,14 @@
 """HELIX end to end on real models and BBC News, encrypted vs plaintext, side by side.
 
-  python experiments/helix_bbc.py --n_public=4096 --out=results/helix_bbc
+  python experiments/helix_bbc.py --n_public=2048 --max_train=600 --out=docs/results/helix_bbc
 
 Provider (A): all-mpnet-base-v2 embeddings + a logistic-regression head on BBC training articles.
 Client (B): all-MiniLM-L6-v2. Public set: sentences of the training articles (no labels).
 1. plaintext reference: map fit in the clear, head applied to mapped client embeddings;
-2. HELIX: a real provider process on 127.0.0.1; the client fits its map under encryption
-   (``fit``) and classifies the held-out articles with encrypted queries (``query``).
+2. HELIX: a real provider process on 127.0.0.1 over TLS (throw-away CA and certificate) with
+   shared-secret authentication; the client fits its map under encryption (``fit``: the
+   provider folds, masks, re-randomises and floods every reply) and classifies the held-out
+   articles with encrypted queries (``query``, flooded replies as well).
 Prints both accuracies, their difference, time and bytes; writes JSON and Markdown.
 """
 
@@ -37,6 +39,7 @@ flags.DEFINE_integer("max_train", 0, "Train the provider's head on this many tra
 flags.DEFINE_integer("max_length", 128, "Tokens per text.")
 flags.DEFINE_string("backend", "seal", "Inference backend.")
 flags.DEFINE_integer("seed", 0, "Split and sampling seed.")
+flags.DEFINE_integer("flood_bits", 12, "Provider's flooding lambda_s (statistical distance 2^-(lambda_s+1)).")
 flags.DEFINE_string("out", "results/helix_bbc", "Output directory.")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -91,25 +94,37 @@ def main(argv):
     acc_plain = float(np.mean(np.argmax((z_b_test @ w + b) @ v + c, 1) == y_test))
     logging.info("native %.4f, plaintext aligned %.4f", acc_native, acc_plain)
 
+    from linalign.atomic import atomic_write_json
+    from linalign.helix.certs import make_ca, make_cert
+
     with tempfile.TemporaryDirectory() as tmp:
+        ca = make_ca(pathlib.Path(tmp) / "tls")
+        server_cert = make_cert(pathlib.Path(tmp) / "tls", "server", ca, "localhost", server=True)
+        secret = os.urandom(32)
+        atomic_write_json(pathlib.Path(tmp) / "secrets.json", {"bbc-client": secret.hex()})
         bundle = save_bundle(pathlib.Path(tmp) / "provider.npz",
                              Bundle(v, c, z_a_pub, {"public_fingerprint": f"bbc-train-sentences-{FLAGS.seed}",
                                                     "label_names": names}))
         port_file = pathlib.Path(tmp) / "port"
         proc = subprocess.Popen([sys.executable, "-m", "linalign.helix", "serve", "--port=0",
                                  f"--port_file={port_file}", f"--head={bundle}", "--max_connections=1",
-                                 "--max_seconds=7200", "--io_timeout=600"],
+                                 "--max_seconds=7200", "--idle_timeout=600", "--frame_timeout=600",
+                                 f"--tls_cert={server_cert.cert}", f"--tls_key={server_cert.key}",
+                                 f"--secrets={pathlib.Path(tmp) / 'secrets.json'}",
+                                 f"--flood_bits={FLAGS.flood_bits}"],
                                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         while not port_file.exists():
             if proc.poll() is not None:
                 raise RuntimeError("provider exited before listening")
             time.sleep(0.1)
-        with HelixClient(int(port_file.read_text())) as cl:
+        with HelixClient(int(port_file.read_text()), "127.0.0.1", tls_ca=str(ca.cert), client_id="bbc-client",
+                         secret=secret) as cl:
             affine = cl.fit(z_b_pub, FLAGS.lam)
             z_hat = np.asarray(affine.apply(z_b_test), np.float64)
             cl.setup_inference(v.shape[0], v.shape[1], FLAGS.backend)
             scores = cl.query(z_hat)
             st = cl.stats
+            announced = cl.announced
         proc.wait(timeout=60)
     acc_he = float(np.mean(np.argmax(scores, 1) == y_test))
     plain_scores = (z_b_test @ w + b) @ v + c
@@ -122,6 +137,8 @@ def main(argv):
         "max_abs_score_diff": float(np.abs(scores - plain_scores).max()),
         "map_max_abs_w_diff": float(np.abs(np.asarray(affine.w, np.float64) - w).max()),
         "head_max_abs_v": float(np.abs(v).max()),
+        "transport": "TLS + HMAC shared-secret auth", "flood_bits": FLAGS.flood_bits,
+        "score_flood_std": announced["flood_std"] / announced["head_scale"],
         "fit_seconds": st.fit_seconds, "fit_up_bytes": st.fit_up, "fit_down_bytes": st.fit_down,
         "setup_bytes": st.setup_up + st.setup_down,
         "queries": st.queries,

@@ -59,6 +59,18 @@ _BLOB_MAGIC = b"LAFB"
 _HDR = struct.Struct("<4sII")  # magic, meta length, number of blobs
 _LEN = struct.Struct("<Q")
 MAX_BLOB_META = 1 << 16
+MAX_BLOBS = 4096  # a fit column carries ceil(n / S) ciphertexts; 4096 covers n = 2^24 at N = 8192
+
+
+def _no_constants(name: str):
+    raise ValueError(f"non-finite JSON constant {name}")
+
+
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"JSON number {text[:40]} is not a finite float")
+    return v
 
 
 def pack_blobs(meta: Mapping[str, Any], blobs: "list[bytes]") -> bytes:
@@ -91,12 +103,15 @@ def unpack_blobs(data: bytes, *, what: str = "blob") -> "tuple[dict, list[bytes]
         raise DeserializationError(f"{what}: bad magic {magic!r}")
     if meta_len > MAX_BLOB_META:
         raise DeserializationError(f"{what}: metadata length {meta_len} exceeds {MAX_BLOB_META}")
+    if n > MAX_BLOBS:
+        raise DeserializationError(f"{what}: {n} blobs exceeds the limit of {MAX_BLOBS}")
     off = _HDR.size
     if off + meta_len > len(data):
         raise DeserializationError(f"{what}: truncated metadata")
     try:
-        meta = json.loads(data[off : off + meta_len].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        meta = json.loads(data[off : off + meta_len].decode(), parse_constant=_no_constants,
+                          parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise DeserializationError(f"{what}: metadata is not JSON ({e})") from None
     if not isinstance(meta, dict):
         raise DeserializationError(f"{what}: metadata is not a JSON object")

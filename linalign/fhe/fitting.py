@@ -10,9 +10,12 @@ provider returns Enc(X^T Z_A) = Enc([Z_Bc^T Z_A ; mean_a]):
 * Z_Bc^T Z_A = C_ba exactly, because Z_Bc^T 1 = 0 makes the mean_a correction vanish;
 * (1/n) 1^T Z_A = mean_a, which the bias b = mean_a - mean_b W needs.
 
-So the client learns C_ba and mean_a (what the paper's protocol reveals: the cross term, plus
-the public-set mean of A's embeddings that any bias needs) and nothing else about Z_A; the
-provider learns n, d_b and the message sizes.
+So an honest client learns C_ba and mean_a (what the paper's protocol reveals: the cross term,
+plus the public-set mean of A's embeddings that any bias needs); the provider learns n, d_b and
+the message sizes. A client that chooses its columns freely learns X^T Z_A for its d_b + 1
+columns and nothing more: ``FitProvider`` is a state machine that answers exactly d_b + 1
+distinct column indices once each, and every reply is folded by the provider, reduced to the
+real parts of its d_a result slots, re-randomised and flooded (``linalign.fhe.privacy``).
 
 Packing (column-wise, S = N/2 slots, T = ceil(n/S) chunks of rows): column j of X chunk t is
 one ciphertext. For each chunk the provider applies the plaintext matrix Z_A[t]^T [d_a, S]
@@ -23,8 +26,10 @@ with generalised diagonals (d_a padded to a power of two D dividing S):
 so slot s accumulates row (s mod D) of Z_A^T over columns s .. s+D-1; summing the S/D slots
 with the same s mod D covers all S rows of the chunk. The provider evaluates this with
 baby-step giant-step (r = g n1 + b: T (n1 - 1) + (n2 - 1) rotations per column, giant steps
-shared by all chunks) and returns y unfolded; the client does the final S/D -> 1 fold after
-decryption, for free. Cost per column: T D plaintext multiplies; plaintexts are encoded once.
+shared by all chunks), then folds y += rot(y, D 2^m) for m < log2(S/D), so slot k < d_a holds
+(X_j^T Z_A)[k]. The unfolded slots would show partial sums over row windows of Z_A (an honest
+client could solve them for most of Z_A), so the fold is the provider's. Cost per column:
+T D plaintext multiplies (plaintexts encoded once), log2(S/D) fold rotations, one sanitiser.
 """
 
 from __future__ import annotations
@@ -84,10 +89,20 @@ class FitLayout:
         return cls(n, d_b, d_a, slots, chunks, d_pad, n1, d_pad // n1)
 
     @property
+    def fold_steps(self) -> list[int]:
+        """Rotations D, 2D, 4D, ... < S that sum the S/D row windows into slots 0..D-1."""
+        out, s = [], self.d_pad
+        while s < self.slots:
+            out.append(s)
+            s *= 2
+        return out
+
+    @property
     def rotation_steps(self) -> list[int]:
+        """Galois steps: 0 (conjugation, circuit privacy), baby, giant and fold rotations."""
         baby = list(range(1, self.n1))
         giant = [g * self.n1 for g in range(1, self.n2)]
-        return sorted(set(baby) | set(giant))
+        return sorted({0} | set(baby) | set(giant) | set(self.fold_steps))
 
     @property
     def rotations_per_column(self) -> int:
@@ -109,8 +124,10 @@ class FitLayout:
         return out
 
     def fold(self, y_s: np.ndarray) -> np.ndarray:
-        """[S] decrypted slots -> [d_a] row sums (the client's free final fold)."""
-        return y_s.reshape(self.slots // self.d_pad, self.d_pad).sum(0)[: self.d_a]
+        """Plaintext replay of the provider's fold: [S] slots -> [S] (slot s: window sum of s mod D)."""
+        for step in self.fold_steps:
+            y_s = y_s + np.roll(y_s, -step)
+        return y_s
 
 
 def _check_matrix(z: Any, name: str, cols: int | None = None) -> np.ndarray:
@@ -124,14 +141,29 @@ def _check_matrix(z: Any, name: str, cols: int | None = None) -> np.ndarray:
     return z
 
 
-class FitClient:
-    """Party B for the fitting phase: keys, centring, encrypted columns, decryption, stats."""
+class FitProtocolError(base.FHEError):
+    """A fit message out of order: unknown, repeated or surplus column, or after the fit ended."""
 
-    def __init__(self, z_nb: np.ndarray, d_a: int, params: "str | CKKSParams | None" = "n8192"):
+
+def _column_bytes(params: CKKSParams) -> int:
+    from linalign.fhe.seal_backend import ciphertext_bytes
+
+    return ciphertext_bytes(params)
+
+
+class FitClient:
+    """Party B for the fitting phase: keys, centring, encrypted columns, decryption, stats.
+
+    Each column of X is sent scaled to unit L2 norm (the scale stays with the client and is
+    undone after decryption), so every reply value is bounded by the provider's announced
+    column norm of Z_A, whatever the client's data magnitudes.
+    """
+
+    def __init__(self, z_nb: np.ndarray, d_a: int, params: "str | CKKSParams | None" = None):
         """Args:
           z_nb: [n, d_b] the client's embeddings of the public set.
           d_a: the provider's embedding dimension.
-          params: CKKS preset; needs >= log2(max |mean_a|, |C_ba|) headroom bits (n8192: 20).
+          params: CKKS preset (default n8192).
         """
         import seal
 
@@ -148,14 +180,18 @@ class FitClient:
         self._x = np.concatenate(
             [self.z_nb - self.mean_b, np.full((self.n, 1), 1.0 / self.n)], axis=1
         )  # [n, d_b + 1]
+        norms = np.linalg.norm(self._x, axis=0)
+        self._col_scale = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 1.0)
         self._ctx = make_context(self.params)
         keygen = seal.KeyGenerator(self._ctx)
         self._sk = keygen.secret_key()
         galois = seal.GaloisKeys()
         keygen.create_galois_keys(self.layout.rotation_steps, galois)
+        public_key = keygen.create_public_key()
         self._enc = seal.Encryptor(self._ctx, self._sk)
         self._dec = seal.Decryptor(self._ctx, self._sk)
         self._encoder = seal.CKKSEncoder(self._ctx)
+        self._bounds: dict | None = None
         self._public = base.pack_blobs(
             {
                 "backend": NAME,
@@ -165,7 +201,7 @@ class FitClient:
                 "params": self.params.to_dict(),
                 "steps": self.layout.rotation_steps,
             },
-            [galois.to_string()],
+            [galois.to_string(), public_key.to_string()],
         )
 
     def public_context(self) -> bytes:
@@ -178,13 +214,23 @@ class FitClient:
     def num_columns(self) -> int:
         return self.d_b + 1
 
+    def set_provider_bounds(self, announced: dict) -> None:
+        """The provider's announcement (``FitProvider.announce``): za_scale, za_col_norm, flood_std."""
+        try:
+            b = {k: float(announced[k]) for k in ("za_scale", "za_col_norm", "flood_std")}
+        except (KeyError, TypeError, ValueError) as e:
+            raise base.FHEError(f"provider's fit announcement lacks a bound ({e})") from None
+        if not all(np.isfinite(v) and v >= 0 for v in b.values()) or b["za_scale"] <= 0:
+            raise base.FHEError(f"provider's fit bounds are not usable: {b}")
+        self._bounds = b
+
     def encrypt_column(self, j: int) -> bytes:
-        """Message for column j of X = [Z_B - mean_b, 1/n]: T ciphertexts."""
+        """Message for column j of X = [Z_B - mean_b, 1/n] scaled to unit norm: T ciphertexts."""
         if not 0 <= j < self.num_columns:
             raise base.FHEError(f"column {j} out of range [0, {self.num_columns})")
         s, scale = self.params.slots, 2.0**self.params.scale_bits
         col = np.zeros(self.layout.chunks * s)
-        col[: self.n] = self._x[:, j]
+        col[: self.n] = self._x[:, j] * self._col_scale[j]
         cts = [
             self._enc.encrypt_symmetric(self._encoder.encode(col[t * s : (t + 1) * s], scale)).to_string()
             for t in range(self.layout.chunks)
@@ -195,15 +241,36 @@ class FitClient:
         for j in range(self.num_columns):
             yield self.encrypt_column(j)
 
-    def decrypt_column(self, reply: bytes, j: int) -> np.ndarray:
-        """[d_a] row j of X^T Z_A from the provider's reply."""
+    def decrypt_slots(self, reply: bytes) -> np.ndarray:
+        """All [S] decoded slots of a reply (tests: what a curious client could read)."""
         from linalign.fhe.seal_backend import load_ciphertext
 
         meta, blobs = base.unpack_blobs(reply, what="fit reply")
-        if meta.get("kind") != "fit-reply" or meta.get("j") != j or len(blobs) != 1:
-            raise base.DeserializationError(f"fit reply: expected column {j} with one ciphertext")
+        if meta.get("kind") != "fit-reply" or len(blobs) != 1:
+            raise base.DeserializationError("fit reply: expected kind 'fit-reply' with one ciphertext")
         ct = load_ciphertext(self._ctx, blobs[0], "fit reply")
-        return self.layout.fold(np.asarray(self._encoder.decode(self._dec.decrypt(ct))))
+        return np.asarray(self._encoder.decode(self._dec.decrypt(ct)), dtype=np.float64)
+
+    def decrypt_column(self, reply: bytes, j: int) -> np.ndarray:
+        """[d_a] row j of X^T Z_A from the provider's reply.
+
+        Raises:
+          FHEError: a decrypted value beyond |X_j| |Z_A col| + 8 flood std, which an honest
+            provider cannot produce (overflow or a corrupt reply).
+        """
+        if self._bounds is None:
+            raise base.FHEError("call set_provider_bounds() with the provider's announcement first")
+        meta, _ = base.unpack_blobs(reply, what="fit reply")
+        if meta.get("j") != j:
+            raise base.DeserializationError(f"fit reply: expected column {j}, got {meta.get('j')!r}")
+        vals = self.decrypt_slots(reply)[: self.d_a]
+        b = self._bounds
+        limit = b["za_col_norm"] + 8 * b["flood_std"] + 1e-6
+        worst = float(np.abs(vals).max())
+        if not np.isfinite(worst) or worst > limit:
+            raise base.FHEError(f"fit reply column {j}: |value| {worst:.3g} exceeds the possible {limit:.3g} "
+                                "(|X_j| = 1, announced |Z_A column| and flood): overflow or corrupt reply")
+        return vals / (self._col_scale[j] * b["za_scale"])
 
     def stats(self, cross_ja: np.ndarray):
         """SufficientStats from the decrypted cross term.
@@ -223,17 +290,33 @@ class FitClient:
         return from_moments(self.n, self.mean_b, cross[-1], zc.T @ zc, cross[:-1])
 
 
-class FitProvider:
-    """Party A for the fitting phase; built from public bytes and its own Z_A."""
+ZA_COL_NORM_TARGET = 2.0**6  # |reply value| <= 64 for unit columns: 4 bits below the 10-bit headroom
 
-    def __init__(self, public_context: bytes, z_na: np.ndarray):
+
+class FitProvider:
+    """Party A for the fitting phase; built from public bytes and its own Z_A.
+
+    A state machine: it answers exactly d_b + 1 distinct column indices in [0, d_b], each once;
+    any other column message raises FitProtocolError (the server then closes the session).
+
+    Args:
+      public_context: the client's fit context (parameters, Galois keys, public key).
+      z_na: [n, d_a] the provider's embeddings of the public set.
+      policy: FloodPolicy for the replies; None only for calibration (no flooding, no
+        re-randomisation).
+      bound: the flooding bound B for this layout; None measures it (``calibrate``).
+    """
+
+    def __init__(self, public_context: bytes, z_na: np.ndarray, policy=None, bound: "float | None" = None,
+                 *, _calibration: bool = False):
         import seal
 
-        from linalign.fhe.seal_backend import make_context
+        from linalign.fhe.privacy import FloodPolicy, Sanitizer
+        from linalign.fhe.seal_backend import MASK_BITS, make_context
 
         meta, blobs = base.unpack_blobs(public_context, what="fit context")
-        if meta.get("backend") != NAME or len(blobs) != 1:
-            raise base.DeserializationError("fit context: not a seal-fit context with one key blob")
+        if meta.get("backend") != NAME or len(blobs) != 2:
+            raise base.DeserializationError("fit context: not a seal-fit context with Galois and public keys")
         if set(meta) - {"backend", "n", "d_b", "d_a", "params", "steps"}:
             raise base.DeserializationError(f"fit context: unexpected fields {sorted(meta)}")
         self.n = base.optional_meta_int(meta, "n", 2, MAX_ROWS, "fit context")
@@ -242,48 +325,80 @@ class FitProvider:
         try:
             self.params = CKKSParams.from_dict(meta["params"])
             self.layout = FitLayout.make(self.n, self.d_b, self.d_a, self.params.slots)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise base.DeserializationError(f"fit context: {e}") from None
         if meta.get("steps") != self.layout.rotation_steps:
             raise base.DeserializationError("fit context: rotation steps do not match the layout")
         z = _check_matrix(z_na, "Z_A", self.d_a)
         if z.shape[0] != self.n:
             raise base.FHEError(f"Z_A has {z.shape[0]} rows but the client fits on n={self.n}")
+        col_norm = float(np.linalg.norm(z, axis=0).max())
+        # A power of two keeps the scaling exact; the client divides it out.
+        self.za_scale = 2.0 ** -max(0, math.ceil(math.log2(max(col_norm, 1e-300) / ZA_COL_NORM_TARGET)))
+        self.za_col_norm = col_norm * self.za_scale
         self._ctx = make_context(self.params)
         try:
             self._galois = self._ctx.from_galois_str(blobs[0])
+            public_key = None if _calibration else self._ctx.from_public_str(blobs[1])
         except (RuntimeError, ValueError) as e:
-            raise base.DeserializationError(f"fit context: bad Galois keys ({e})") from None
+            raise base.DeserializationError(f"fit context: bad keys ({e})") from None
         self._ev = seal.Evaluator(self._ctx)
         encoder = seal.CKKSEncoder(self._ctx)
         scale = 2.0**self.params.scale_bits
-        diag = self.layout.diagonals(z)
+        diag = self.layout.diagonals(z * self.za_scale)
         # Encoded once, reused for all d_b + 1 columns (T * D plaintexts).
         self._plain = [
             [[encoder.encode(diag[t, g, b], scale) for b in range(self.layout.n1)] for g in range(self.layout.n2)]
             for t in range(self.layout.chunks)
         ]
+        self._sanitizer = Sanitizer(self._ctx, self._galois, public_key, self.params, np.arange(self.d_a), MASK_BITS)
+        self._column_bytes = _column_bytes(self.params)
+        self._seen: set = set()
+        self.flood_std = 0.0
+        if not _calibration:
+            policy = policy if policy is not None else FloodPolicy()
+            if bound is None:
+                bound = calibrate(self.params, self.layout, z * self.za_scale, policy)
+            self.bound = float(bound)
+            self.flood_std = self._sanitizer.set_flood(self.bound, policy)
 
     def is_private(self) -> bool:
-        return False  # built from parameters + Galois keys; no secret key can be present
+        return False  # built from parameters + public keys; no secret key can be present
+
+    def announce(self) -> dict:
+        """Bounds the client checks its replies against (all in the scaled units of the reply)."""
+        return {"za_scale": self.za_scale, "za_col_norm": self.za_col_norm, "flood_std": self.flood_std,
+                "headroom_bits": self._sanitizer.headroom_bits, "columns": self.d_b + 1}
+
+    @property
+    def done(self) -> bool:
+        return len(self._seen) == self.d_b + 1
 
     def cross(self, message: bytes) -> bytes:
-        """One encrypted column of X -> Enc(row j of X^T Z_A), unfolded (client folds)."""
+        """One encrypted column of X -> Enc(row j of X^T Z_A) in slots 0..d_a-1, sanitised."""
         from linalign.fhe.seal_backend import load_ciphertext
 
         meta, blobs = base.unpack_blobs(message, what="fit column")
         lay = self.layout
         j = meta.get("j")
-        if meta.get("kind") != "fit-column" or not isinstance(j, int) or len(blobs) != lay.chunks:
+        if meta.get("kind") != "fit-column" or not isinstance(j, int) or isinstance(j, bool) \
+                or len(blobs) != lay.chunks:
             raise base.DeserializationError(f"fit column: expected kind 'fit-column', int j, {lay.chunks} ciphertexts")
+        if self.done:
+            raise FitProtocolError(f"fit column {j}: all {self.d_b + 1} columns were already answered")
+        if not 0 <= j <= self.d_b:
+            raise FitProtocolError(f"fit column {j} out of range [0, {self.d_b}]")
+        if j in self._seen:
+            raise FitProtocolError(f"fit column {j} was already answered")
         ev, gk = self._ev, self._galois
         top = len(self.params.coeff_mod_bit_sizes) - 1
         baby = []
         for t, blob in enumerate(blobs):
-            ct = load_ciphertext(self._ctx, blob, f"fit column {j} chunk {t}")
+            ct = load_ciphertext(self._ctx, blob, f"fit column {j} chunk {t}", self._column_bytes)
             if ct.coeff_modulus_size() != top:
                 raise base.DeserializationError("fit column: ciphertext is not at the top level")
             baby.append([ct] + [ev.rotate_vector(ct, b, gk) for b in range(1, lay.n1)])
+        self._seen.add(j)  # counted before the work: a failing column still uses its index
         total = None
         for g in range(lay.n2):
             inner = None
@@ -294,14 +409,36 @@ class FitProvider:
                         inner = prod
                     else:
                         ev.add_inplace(inner, prod)
-            ev.rescale_to_next_inplace(inner)  # rotate at one prime: cheaper key switching
+            ev.rescale_to_next_inplace(inner)  # rotate at fewer primes: cheaper key switching
             if g:
                 ev.rotate_vector_inplace(inner, g * lay.n1, gk)
             if total is None:
                 total = inner
             else:
                 ev.add_inplace(total, inner)
+        for step in lay.fold_steps:  # the provider folds: no partial window sums leave it
+            ev.add_inplace(total, ev.rotate_vector(total, step, gk))
+        total = self._sanitizer(total)
         return base.pack_blobs({"kind": "fit-reply", "j": j}, [total.to_string()])
+
+
+def calibrate(params: CKKSParams, layout: FitLayout, z_na: np.ndarray, policy, seed: int = 0) -> float:
+    """The flooding bound B for the fit replies: the provider's own keys, its exact circuit.
+
+    A one-column client of the provider's own (random unit column; the evaluation error does
+    not depend on the client's values, only on the layout and Z_A) runs one column through an
+    unflooded provider; every slot is compared with the exact result.
+    """
+    from linalign.fhe.privacy import noise_bound
+
+    rng = np.random.default_rng(seed)
+    client = FitClient(rng.standard_normal((layout.n, 1)), layout.d_a, params)
+    provider = FitProvider(client.public_context(), z_na, _calibration=True)
+    x = client._x[:, 0] * client._col_scale[0]
+    got = client.decrypt_slots(provider.cross(client.encrypt_column(0)))
+    want = np.zeros(params.slots)
+    want[: layout.d_a] = z_na.T @ x
+    return noise_bound([got - want], policy)
 
 
 def encrypted_cross(client: FitClient, provider: FitProvider, progress: bool = False) -> "tuple[np.ndarray, dict]":
@@ -311,6 +448,7 @@ def encrypted_cross(client: FitClient, provider: FitProvider, progress: bool = F
       ([d_b + 1, d_a] decrypted X^T Z_A, {"setup_bytes", "up_bytes", "down_bytes"}).
     """
     rows, up, down = [], 0, 0
+    client.set_provider_bounds(provider.announce())
     cols = range(client.num_columns)
     if progress:
         from tqdm import tqdm

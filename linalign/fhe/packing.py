@@ -78,7 +78,8 @@ class PackedLayout:
 
     @property
     def rotation_steps(self) -> list[int]:
-        return sorted(set(self.diag_steps) | set(self.fold_steps))
+        """Galois steps the provider needs: 0 (conjugation, for circuit privacy) and the rotations."""
+        return sorted({0} | set(self.diag_steps) | set(self.fold_steps))
 
     def replicate(self, x_d: np.ndarray) -> np.ndarray:
         """[d] -> [S]: zero-pad to d', tile C times."""
@@ -109,12 +110,15 @@ class PackedLayout:
         out[self.score_slots()] = c_k
         return out
 
-    def simulate(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
-        """Plaintext replay of the encrypted schedule (same rotations, same folds) -> [K]."""
+    def simulate_slots(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
+        """Plaintext replay of the encrypted schedule (same rotations, same folds) -> all [S] slots."""
         z = self.replicate(x_d)
         diag = self.diagonals(v_dk)
         y = sum(diag[r] * np.roll(z, -r) for r in range(self.rows_per_copy))
         for step in self.fold_steps:
             y = y + np.roll(y, -step)
-        y = y + self.bias_slots(c_k)
-        return y[self.score_slots()]
+        return y + self.bias_slots(c_k)
+
+    def simulate(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
+        """The K score slots of ``simulate_slots`` -> [K]."""
+        return self.simulate_slots(x_d, v_dk, c_k)[self.score_slots()]

@@ -1,14 +1,17 @@
 """CKKS parameter sets and their check against the HomomorphicEncryption.org standard.
 
 HELIX needs multiplicative depth 1: one ciphertext x plaintext multiply followed by one
-rescale. A depth-1 CKKS modulus chain is ``[q0, p1, special]``:
+rescale. A depth-1 CKKS modulus chain is ``[q_0 .. q_{m-1}, p_1, special]``:
 
-* ``p1`` (``scale_bits`` wide) is dropped by the rescale after the plaintext multiply, so the
+* ``p_1`` (``scale_bits`` wide) is dropped by the rescale after the plaintext multiply, so the
   result returns to scale ~2^scale_bits;
-* ``q0`` must hold the result: ``q0 / 2^scale_bits`` bounds |value| (headroom bits) and the
-  leftover bits are the integer part of the precision;
+* ``q_0 ... q_{m-1}`` must hold the result: their product over 2^scale_bits bounds |value|
+  (headroom bits), including the masks and flooding noise that circuit privacy adds
+  (``linalign.fhe.privacy``);
 * ``special`` is the key-switching prime (rotations); SEAL wants it at least as wide as any data
-  prime.
+  prime. Rotations done after the rescale add key-switching noise ~ q_i / special per digit,
+  so data primes well below the special prime keep the evaluation error small, which is what
+  lets noise flooding keep useful precision.
 
 The security check uses the 128-bit classical table of the HomomorphicEncryption.org standard
 (Albrecht et al., "Homomorphic Encryption Standard", 2018, Table 1, ternary secret), which is
@@ -68,8 +71,8 @@ class CKKSParams:
 
     @property
     def headroom_bits(self) -> int:
-        """log2 of the largest |value| that survives at the last level (q0 / scale)."""
-        return self.coeff_mod_bit_sizes[0] - self.scale_bits
+        """log2 of the largest |value| that survives after the one rescale HELIX does."""
+        return int(sum(self.coeff_mod_bit_sizes[:-2])) - self.scale_bits
 
     def check(self) -> "CKKSParams":
         """Raises InsecureParamsError unless the set is 128-bit secure and depth >= 1.
@@ -95,14 +98,14 @@ class CKKSParams:
             )
         if any(b > 60 or b < 20 for b in self.coeff_mod_bit_sizes):
             raise InsecureParamsError(f"prime sizes must be in [20, 60]: {self.coeff_mod_bit_sizes}")
-        if any(b != self.scale_bits for b in self.coeff_mod_bit_sizes[1:-1]):
+        if self.coeff_mod_bit_sizes[-2] != self.scale_bits:
             raise InsecureParamsError(
                 f"middle primes {self.coeff_mod_bit_sizes[1:-1]} must equal scale_bits "
                 f"{self.scale_bits} so a rescale restores the scale"
             )
         if self.headroom_bits < 4:
             raise InsecureParamsError(
-                f"first prime {self.coeff_mod_bit_sizes[0]} leaves only {self.headroom_bits} "
+                f"primes {self.coeff_mod_bit_sizes[:-2]} leave only {self.headroom_bits} "
                 f"bits above the scale; results would overflow"
             )
         if self.coeff_mod_bit_sizes[-1] < max(self.coeff_mod_bit_sizes[:-1]):
@@ -118,24 +121,42 @@ class CKKSParams:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "CKKSParams":
+        """Parses untrusted parameters: ints only (a JSON float such as 1e999 is refused here
+        instead of raising OverflowError in ``int()``), at most 16 primes."""
+        if not isinstance(d, Mapping):
+            raise InsecureParamsError(f"CKKS parameters must be an object, got {type(d).__name__}")
         unknown = set(d) - {"poly_modulus_degree", "coeff_mod_bit_sizes", "scale_bits"}
         if unknown:
             raise InsecureParamsError(f"unknown CKKS parameter fields {sorted(unknown)}")
-        return cls(
-            int(d["poly_modulus_degree"]),
-            tuple(int(b) for b in d["coeff_mod_bit_sizes"]),
-            int(d["scale_bits"]),
-        ).check()
+
+        def as_int(v, what):
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 1 << 20:
+                raise InsecureParamsError(f"CKKS parameter {what}={v!r} is not an int in [1, 2^20]")
+            return v
+
+        try:
+            primes = d["coeff_mod_bit_sizes"]
+            if not isinstance(primes, (list, tuple)) or not 1 <= len(primes) <= 16:
+                raise InsecureParamsError(f"coeff_mod_bit_sizes must be a list of 1..16 ints, got {primes!r}")
+            return cls(
+                as_int(d["poly_modulus_degree"], "poly_modulus_degree"),
+                tuple(as_int(b, "coeff_mod_bit_sizes") for b in primes),
+                as_int(d["scale_bits"], "scale_bits"),
+            ).check()
+        except KeyError as e:
+            raise InsecureParamsError(f"CKKS parameters lack {e}") from None
 
 
-# N=8192, 160 of 218 bits: scale 2^40 (precision ~1e-7 on unit-scale data), 20 bits of headroom.
-# This is the ring dimension the paper's TenSEAL baseline used. Default.
-N8192_D1 = CKKSParams(8192, (60, 40, 60), 40).check()
-# N=4096, 109 of 109 bits: scale 2^31, 8 bits headroom (|score| < 256). 2x cheaper per op,
-# half-size ciphertexts, 2048 slots (d <= 2048 after padding).
+# N=8192, 210 of 218 bits: scale 2^50, two 50-bit primes (2^50 headroom) after the rescale, a
+# 60-bit special prime. Evaluation error ~1e-10 on unit-scale data (the rotations after the
+# rescale switch keys at 50-bit digits under a 60-bit special prime), which leaves room for
+# noise flooding (``linalign.fhe.privacy``). The paper's ring dimension. Default.
+N8192_D1 = CKKSParams(8192, (50, 50, 50, 60), 50).check()
+# N=4096, 109 of 109 bits: scale 2^31, 8 bits headroom (|score| < 256), error near 1e-3. Too
+# little precision for flooding: the HELIX server refuses it; kept for the library benchmarks.
 N4096_D1 = CKKSParams(4096, (39, 31, 39), 31).check()
-# N=16384, 200 of 438 bits: for d*copies beyond 4096 slots; 8192 slots.
-N16384_D1 = CKKSParams(16384, (60, 40, 60), 40).check()
+# N=16384, 210 of 438 bits: for d*copies beyond 4096 slots; 8192 slots.
+N16384_D1 = CKKSParams(16384, (50, 50, 50, 60), 50).check()
 
 PRESETS: Mapping[str, CKKSParams] = {
     "n8192": N8192_D1,

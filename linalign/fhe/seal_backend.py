@@ -1,18 +1,18 @@
 """Packed CKKS linear layer on Microsoft SEAL through seal-python (``import seal``).
 
 One ciphertext up, one ciphertext down, all K scores inside it (layout: ``packing.py``).
-The client encrypts with the secret key (symmetric CKKS encryption is as secure as public-key
-encryption and needs no public key on the wire); the provider receives only the parameters and
-Galois keys for exactly the rotation steps the layout uses.
+The client encrypts with the secret key; the provider receives the parameters, Galois keys for
+exactly the rotation steps the layout uses, and the client's public key, which it uses only to
+re-randomise replies (``linalign.fhe.privacy``): with ``enable_privacy`` every reply is
+re-randomised, every slot but the K scores is masked, and the error term is flooded.
 
 Wire format (``base.pack_blobs``):
-  public context: meta {backend, d_in, k_out, params, steps}, blobs [galois keys]
+  public context: meta {backend, d_in, k_out, params, steps}, blobs [galois keys, public key]
   query / reply:  meta {kind}, blobs [ciphertext]
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from linalign.fhe.params import CKKSParams
 
 NAME = "seal"
 MAX_DIM = 1 << 15
+MASK_BITS = 40  # the score mask's scale: 2^-40 relative mask error, 10 bits of score headroom (n8192)
 
 
 def _seal():
@@ -45,9 +46,22 @@ def make_context(params: CKKSParams):
     return ctx
 
 
-def load_ciphertext(ctx, data: bytes, what: str):
-    """Parses and validates a serialized SEAL ciphertext against ``ctx``."""
+def ciphertext_bytes(params: CKKSParams, levels_dropped: int = 0) -> int:
+    """Exact serialized size of a 2-polynomial ciphertext (header + members + data)."""
+    k = len(params.coeff_mod_bit_sizes) - 1 - levels_dropped
+    return 113 + 2 * k * params.poly_modulus_degree * 8
+
+
+def load_ciphertext(ctx, data: bytes, what: str, expect_bytes: "int | None" = None):
+    """Parses and validates a serialized SEAL ciphertext against ``ctx``.
+
+    Args:
+      expect_bytes: when given, the exact length the blob must have; checked before SEAL parses
+        it, so a hostile header cannot make SEAL allocate beyond one ciphertext.
+    """
     seal = _seal()
+    if expect_bytes is not None and len(data) != expect_bytes:
+        raise base.DeserializationError(f"{what}: {len(data)} bytes, a ciphertext here has {expect_bytes}")
     ct = seal.Ciphertext()
     try:
         ct.load_bytes(ctx, bytes(data))
@@ -72,6 +86,7 @@ class SealClient(base.ClientBackend):
         self._secret_key = keygen.secret_key()
         galois = seal.GaloisKeys()
         keygen.create_galois_keys(self.layout.rotation_steps, galois)
+        public_key = keygen.create_public_key()
         self._encryptor = seal.Encryptor(self._ctx, self._secret_key)
         self._decryptor = seal.Decryptor(self._ctx, self._secret_key)
         self._encoder = seal.CKKSEncoder(self._ctx)
@@ -83,11 +98,17 @@ class SealClient(base.ClientBackend):
                 "params": self.params.to_dict(),
                 "steps": self.layout.rotation_steps,
             },
-            [galois.to_string()],
+            [galois.to_string(), public_key.to_string()],
         )
 
     def public_context(self) -> bytes:
         return self._public
+
+    def decrypt_slots(self, reply: bytes) -> np.ndarray:
+        """All [S] decoded slots of a reply (tests: what a curious client could read)."""
+        meta, blobs = base.unpack_blobs(reply, what="reply")
+        ct = load_ciphertext(self._ctx, blobs[0], "reply")
+        return np.asarray(self._encoder.decode(self._decryptor.decrypt(ct)), dtype=np.float64)
 
     def secret_key_bytes(self) -> bytes:
         """The serialized secret key, for tests that prove it never leaves the client."""
@@ -120,13 +141,13 @@ class SealProvider(base.ProviderBackend):
             raise base.DeserializationError(f"public context is for {meta.get('backend')!r}")
         if set(meta) - {"backend", "d_in", "k_out", "params", "steps"}:
             raise base.DeserializationError(f"public context: unexpected fields {sorted(meta)}")
-        if len(blobs) != 1:
-            raise base.DeserializationError(f"public context: want 1 blob (Galois keys), got {len(blobs)}")
+        if len(blobs) != 2:
+            raise base.DeserializationError(f"public context: want 2 blobs (Galois keys, public key), got {len(blobs)}")
         self.d_in = base.optional_meta_int(meta, "d_in", 1, MAX_DIM, "public context")
         self.k_out = base.optional_meta_int(meta, "k_out", 1, MAX_DIM, "public context")
         try:
             self.params = CKKSParams.from_dict(meta["params"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise base.DeserializationError(f"public context: bad params ({e})") from None
         try:
             self.layout = PackedLayout.make(self.d_in, self.k_out, self.params.slots)
@@ -139,21 +160,39 @@ class SealProvider(base.ProviderBackend):
             self._galois = self._ctx.from_galois_str(blobs[0])
         except (RuntimeError, ValueError) as e:
             raise base.DeserializationError(f"public context: bad Galois keys ({e})") from None
+        try:
+            self._public_key = self._ctx.from_public_str(blobs[1])
+        except (RuntimeError, ValueError) as e:
+            raise base.DeserializationError(f"public context: bad public key ({e})") from None
         self._evaluator = seal.Evaluator(self._ctx)
         self._encoder = seal.CKKSEncoder(self._ctx)
-        self._rng = np.random.default_rng(secrets.randbits(128))
+        self._query_bytes = ciphertext_bytes(self.params)
+        self._sanitizer = None
+
+    def enable_privacy(self, bound_value: float, policy) -> float:
+        """Every later reply is re-randomised, masked and flooded; returns the decoded flood std.
+
+        Args:
+          bound_value: B from ``calibrate`` (evaluation-error bound, value units).
+          policy: linalign.fhe.privacy.FloodPolicy.
+        """
+        self._sanitizer = self._make_sanitizer(self._public_key)
+        return self._sanitizer.set_flood(bound_value, policy)
+
+    def _make_sanitizer(self, public_key):
+        from linalign.fhe.privacy import Sanitizer
+
+        return Sanitizer(self._ctx, self._galois, public_key, self.params, self.layout.score_slots(), MASK_BITS)
+
+    @property
+    def reply_headroom_bits(self) -> int:
+        """log2 of the largest |score| a sanitised reply can carry."""
+        return self._make_sanitizer(None).headroom_bits
 
     def is_private(self) -> bool:
         # The provider context is built from parameters and Galois keys only; there is no
         # code path that could hold a SecretKey here.
         return False
-
-    def _slot_mask(self) -> np.ndarray:
-        """[S] uniform noise of magnitude 2^(headroom - 2) outside the score slots, 0 on them."""
-        bound = 2.0 ** (self.params.headroom_bits - 2)
-        mask = self._rng.uniform(-bound, bound, self.params.slots)
-        mask[self.layout.score_slots()] = 0.0
-        return mask
 
     def prepare(self, v_dk: np.ndarray, c_k: np.ndarray) -> Any:
         v, c = base.check_head(v_dk, c_k, self.d_in, self.k_out)
@@ -165,7 +204,7 @@ class SealProvider(base.ProviderBackend):
         meta, blobs = base.unpack_blobs(query, what="query")
         if meta.get("kind") != "query" or len(blobs) != 1:
             raise base.DeserializationError("query: expected kind 'query' with one ciphertext")
-        ct = load_ciphertext(self._ctx, blobs[0], "query")
+        ct = load_ciphertext(self._ctx, blobs[0], "query", self._query_bytes)
         if ct.coeff_modulus_size() != len(self.params.coeff_mod_bit_sizes) - 1:
             raise base.DeserializationError("query: ciphertext is not at the top level")
         ev, gk = self._evaluator, self._galois
@@ -176,14 +215,41 @@ class SealProvider(base.ProviderBackend):
         # Folding after the rescale: key switching at one prime is ~2x cheaper.
         for step in self.layout.fold_steps:
             acc = ev.add(acc, ev.rotate_vector(acc, step, gk))
-        # Slots other than the K scores hold partial sums of other column windows of V; they
-        # are drowned in fresh uniform noise so the client reads only the K scores
-        # (the noise needs no level: it is added, not multiplied).
-        bias = head["bias"] + self._slot_mask()
-        bias = self._encoder.encode(bias, acc.scale())
+        bias = self._encoder.encode(head["bias"], acc.scale())
         ev.mod_switch_to_inplace(bias, acc.parms_id())
         ev.add_plain_inplace(acc, bias)
+        # Slots other than the K scores hold partial sums of other column windows of V, and the
+        # error term depends on V: the sanitizer masks the first and floods the second.
+        if self._sanitizer is not None:
+            acc = self._sanitizer(acc)
         return base.pack_blobs({"kind": "reply"}, [acc.to_string()])
+
+
+def calibrate(params: CKKSParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm: float, policy,
+              trials: int = 3, seed: int = 0) -> float:
+    """The flooding bound B for this head: the provider's own keys, its exact circuit.
+
+    Runs ``trials`` random queries of L2 norm ``input_norm`` through an unsanitised provider
+    built from a fresh client of the provider's own, and compares every slot with the plaintext
+    replay of the schedule. Returns B (value units) = margin * sqrt(2) * largest slot error.
+    """
+    from linalign.fhe.privacy import noise_bound
+
+    d, k = np.shape(v_dk)
+    client = SealClient(d, k, params)
+    provider = SealProvider(client.public_context())
+    provider._sanitizer = provider._make_sanitizer(None)  # steps 1-2 of the sanitiser, no flood
+    head = provider.prepare(v_dk, c_k)
+    keep = np.zeros(provider.params.slots, dtype=bool)
+    keep[provider.layout.score_slots()] = True
+    rng = np.random.default_rng(seed)
+    errs = []
+    for _ in range(trials):
+        x = rng.standard_normal(d)
+        x *= input_norm / np.linalg.norm(x)
+        got = client.decrypt_slots(provider.apply(client.encrypt(x), head))
+        errs.append(got - np.where(keep, provider.layout.simulate_slots(x, v_dk, c_k), 0.0))
+    return noise_bound(errs, policy)
 
 
 base.register_backend(NAME, SealClient, SealProvider, "SEAL CKKS, packed, minimal Galois keys")

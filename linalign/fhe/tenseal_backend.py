@@ -86,6 +86,34 @@ class _TensealClient(base.ClientBackend):
         return out
 
 
+def check_context_params(ctx, params: CKKSParams) -> None:
+    """Refuses a TenSEAL context whose ring, modulus chain or scale is not the declared one.
+
+    The metadata's ``params`` passed the 128-bit check, but the serialized context is what the
+    library computes with; a peer could declare n8192 and send a weaker or a huge context.
+    TenSEAL exposes no per-prime sizes, so the chain is compared through its length and the
+    total bit count at each level (a product of b-bit primes has sum(b) - len + 1 .. sum(b) bits).
+    """
+    try:
+        key_data = ctx.seal_context().data.key_context_data()
+        n = key_data.parms().poly_modulus_degree()
+        totals, data = [], key_data
+        while data is not None:
+            totals.append(int(data.total_coeff_modulus_bit_count()))
+            data = data.next_context_data()
+        scale = float(ctx.global_scale)
+    except Exception as e:  # noqa: BLE001 - native bindings raise assorted errors on odd contexts
+        raise base.DeserializationError(f"public context: parameters unreadable ({e})") from None
+    bits = list(params.coeff_mod_bit_sizes)
+    want = [sum(bits[: len(bits) - i]) for i in range(len(bits))]  # key level first
+    if n != params.poly_modulus_degree:
+        raise base.DeserializationError(f"public context: ring dimension {n}, declared {params.poly_modulus_degree}")
+    if len(totals) != len(bits) or any(not w - (len(bits) - i) < t <= w for i, (t, w) in enumerate(zip(totals, want))):
+        raise base.DeserializationError(f"public context: modulus chain of {totals} bits, declared primes {bits}")
+    if scale != 2.0**params.scale_bits:
+        raise base.DeserializationError(f"public context: scale {scale}, declared 2^{params.scale_bits}")
+
+
 class _TensealProvider(base.ProviderBackend):
     name = ""
 
@@ -100,7 +128,7 @@ class _TensealProvider(base.ProviderBackend):
         self.k_out = base.optional_meta_int(meta, "k_out", 1, MAX_DIM, "public context")
         try:
             self.params = CKKSParams.from_dict(meta["params"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise base.DeserializationError(f"public context: bad params ({e})") from None
         try:
             self._ctx = ts.context_from(blobs[0])
@@ -110,6 +138,7 @@ class _TensealProvider(base.ProviderBackend):
             raise base.PrivateContextError("public context carries a secret key; refusing it")
         if not self._ctx.has_galois_keys():
             raise base.DeserializationError("public context: no Galois keys")
+        check_context_params(self._ctx, self.params)
 
     def is_private(self) -> bool:
         return bool(self._ctx.is_private())

@@ -10,9 +10,11 @@ Frame = 12-byte header + payload:
 Payload = ``linalign.fhe.base.pack_blobs`` container: a JSON object (small fields) followed by
 named-by-position byte blobs (contexts, ciphertexts). Everything is little endian.
 
-A receiver that meets a bad frame (wrong magic or version, unknown type, oversize length,
-truncated payload, unparsable container) raises ``ProtocolError``; the server answers it
-with an ERROR frame and closes the connection.
+A receiver that meets a bad frame (wrong magic or version, unknown type, a length above the
+limit for its type, truncated payload, unparsable container) raises ``ProtocolError``; the
+server answers it with an ERROR frame and closes the connection. Lengths are checked against
+``TYPE_LIMITS`` before any payload byte is read, so a peer cannot make the receiver allocate
+more than the limit for the frame type it names.
 """
 
 from __future__ import annotations
@@ -43,6 +45,21 @@ class MsgType(enum.IntEnum):
     READY = 9
     BYE = 10  # client is done; server closes
     ERROR = 11  # {error: str}; sender closes afterwards
+    HELLO = 12  # client -> server, first frame: {client_id, nonce}   reply CHALLENGE (secrets) or READY
+    CHALLENGE = 13  # {nonce}                                     answer AUTH
+    AUTH = 14  # {mac}                                             reply READY {mac} (server's proof)
+
+
+_SMALL = 64 << 10
+# Largest payload per frame type. None: the receiver's max_message_bytes (key material).
+TYPE_LIMITS = {
+    MsgType.INFO: _SMALL, MsgType.HELLO: _SMALL, MsgType.AUTH: _SMALL, MsgType.BYE: _SMALL,
+    MsgType.CHALLENGE: _SMALL, MsgType.READY: _SMALL, MsgType.ERROR: _SMALL, MsgType.INFO_REPLY: _SMALL,
+    MsgType.QUERY: 4 << 20, MsgType.RESULT: 4 << 20,  # one ciphertext (1.5 MB at n16384)
+    MsgType.FIT_COLUMN: 128 << 20,  # ceil(n / S) ciphertexts
+    MsgType.FIT_RESULT: 4 << 20,
+    MsgType.INFER_SETUP: None, MsgType.FIT_SETUP: None,
+}
 
 
 class ProtocolError(ValueError):
@@ -93,24 +110,41 @@ def parse_header(header: bytes, max_message_bytes: int) -> "tuple[MsgType, int]"
         t = MsgType(mtype)
     except ValueError:
         raise ProtocolError(f"unknown message type {mtype}") from None
-    if length > max_message_bytes:
-        raise ProtocolError(f"message of {length} bytes exceeds the limit of {max_message_bytes}")
+    limit = TYPE_LIMITS.get(t) or max_message_bytes
+    limit = min(limit, max_message_bytes)
+    if length > limit:
+        raise ProtocolError(f"{t.name} message of {length} bytes exceeds the limit of {limit}")
     return t, length
 
 
 def recv(sock: socket.socket, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, allow_eof: bool = False,
-         frame_timeout_s: float | None = None):
+         frame_timeout_s: float | None = None, idle_timeout_s: float | None = None,
+         deadline: float | None = None):
     """Reads one frame. Returns None on a clean EOF before any byte if ``allow_eof``.
 
-    With ``frame_timeout_s``, the whole frame must arrive within that many seconds of its first
-    byte (a peer trickling one byte at a time cannot hold the connection open).
+    Args:
+      frame_timeout_s: the whole frame must arrive within this many seconds of its first byte
+        (a peer trickling one byte at a time cannot hold the connection open).
+      idle_timeout_s: how long to wait for the first byte.
+      deadline: an absolute ``time.monotonic()`` limit that neither wait may pass (the
+        connection's wall-clock budget).
     """
+    if idle_timeout_s is not None or deadline is not None:
+        wait = idle_timeout_s if idle_timeout_s is not None else float("inf")
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        if wait <= 0:
+            raise socket.timeout("connection time limit reached")
+        sock.settimeout(wait)
     first = sock.recv(HEADER.size)
     if not first:
         if allow_eof:
             return None
         raise ProtocolError("connection closed before a header arrived")
-    deadline = None if frame_timeout_s is None else time.monotonic() + frame_timeout_s
+    frame_deadline = None if frame_timeout_s is None else time.monotonic() + frame_timeout_s
+    if deadline is not None:
+        frame_deadline = deadline if frame_deadline is None else min(deadline, frame_deadline)
+    deadline = frame_deadline
     old_timeout = sock.gettimeout()
     try:
         header = first
@@ -132,3 +166,17 @@ def send(sock: socket.socket, msg_type: MsgType, meta: Mapping[str, Any] | None 
     frame = encode(msg_type, meta, blobs)
     sock.sendall(frame)
     return len(frame)
+
+
+def decode(frame: bytes, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """Parses one complete frame held in memory (the same checks as ``recv``)."""
+    if len(frame) < HEADER.size:
+        raise ProtocolError(f"frame of {len(frame)} bytes is shorter than the header")
+    mtype, length = parse_header(frame[: HEADER.size], max_message_bytes)
+    if length != len(frame) - HEADER.size:
+        raise ProtocolError(f"header declares {length} payload bytes, frame has {len(frame) - HEADER.size} (truncated)")
+    try:
+        meta, blobs = unpack_blobs(frame[HEADER.size :], what=f"{mtype.name} payload")
+    except DeserializationError as e:
+        raise ProtocolError(str(e)) from None
+    return Message(mtype, meta, blobs)

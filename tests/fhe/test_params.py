@@ -36,3 +36,47 @@ def test_roundtrip_dict():
     assert P.CKKSParams.from_dict(p.to_dict()) == p
     with pytest.raises(P.InsecureParamsError, match="unknown CKKS parameter fields"):
         P.CKKSParams.from_dict({**p.to_dict(), "extra": 1})
+
+
+def test_untrusted_params_refused_with_typed_errors():
+    """JSON from a peer: floats (1e999 -> inf would overflow int()), bools, huge ints, lists."""
+    good = P.PRESETS["n8192"].to_dict()
+    bad = [
+        {**good, "poly_modulus_degree": float("inf")},
+        {**good, "poly_modulus_degree": 8192.0},
+        {**good, "poly_modulus_degree": 10**30},
+        {**good, "poly_modulus_degree": True},
+        {**good, "scale_bits": "50"},
+        {**good, "coeff_mod_bit_sizes": [50] * 100},
+        {**good, "coeff_mod_bit_sizes": "50,50"},
+        {k: v for k, v in good.items() if k != "scale_bits"},
+        [1, 2, 3],
+    ]
+    for d in bad:
+        with pytest.raises(P.InsecureParamsError):
+            P.CKKSParams.from_dict(d)
+
+
+def test_public_context_with_absurd_ring_refused():
+    from linalign.fhe import base
+
+    client = base.make_client("seal", 16, 2)
+    meta, blobs = base.unpack_blobs(client.public_context())
+    for n in (2**40, 1e300):
+        with pytest.raises(base.DeserializationError, match="bad params"):
+            base.make_provider(base.pack_blobs({**meta, "params": {**meta["params"], "poly_modulus_degree": n}}, blobs))
+    raw = base.pack_blobs(meta, blobs).replace(b'"poly_modulus_degree": 8192', b'"poly_modulus_degree": 1e999')
+    with pytest.raises(base.DeserializationError, match="not JSON|finite"):
+        base.make_provider(raw)
+
+
+def test_tenseal_context_checked_against_declared_params():
+    from linalign.fhe import base
+
+    client = base.make_client("tenseal-dot", 16, 2)  # n8192 context
+    meta, blobs = base.unpack_blobs(client.public_context())
+    for other in ("n16384", "n4096"):
+        lie = base.pack_blobs({**meta, "params": P.PRESETS[other].to_dict()}, blobs)
+        with pytest.raises(base.DeserializationError, match="ring dimension|modulus chain|scale"):
+            base.make_provider(lie)
+    base.make_provider(client.public_context())  # the truthful one is accepted

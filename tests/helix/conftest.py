@@ -54,7 +54,7 @@ def start_server(bundle_path, tmp_path, *extra):
 
 @pytest.fixture
 def server(bundle_path, tmp_path):
-    proc, port = start_server(bundle_path, tmp_path, "--io_timeout=60", "--max_message_mb=64")
+    proc, port = start_server(bundle_path, tmp_path, "--idle_timeout=60", "--frame_timeout=60", "--max_message_mb=64")
     yield proc, port
     if proc.poll() is None:
         proc.kill()

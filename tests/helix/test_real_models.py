@@ -44,7 +44,7 @@ def test_bbc_minilm_to_mpnet_encrypted_matches_plaintext(tmp_path):
     plain_scores = (z_b_test @ w + b) @ v + c
 
     bundle = save_bundle(tmp_path / "p.npz", Bundle(v, c, z_a_pub, {"public_fingerprint": "t"}))
-    proc, port = start_server(bundle, tmp_path, "--max_connections=1", "--io_timeout=600")
+    proc, port = start_server(bundle, tmp_path, "--max_connections=1", "--idle_timeout=600", "--frame_timeout=600")
     try:
         with HelixClient(port) as cl:
             affine = cl.fit(z_b_pub, lam)
@@ -53,11 +53,12 @@ def test_bbc_minilm_to_mpnet_encrypted_matches_plaintext(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    # The only differences are CKKS noise (~1e-6) and float32 in the solve: scores agree to 1e-2
-    # and the accuracy to within 0.5 points (here: identical predictions off near-ties).
-    np.testing.assert_allclose(scores, plain_scores, rtol=0, atol=1e-2)
+    # The differences are the flooding noise (fit replies, through W, and each score: std
+    # ~1e-3 at lambda_s = 12 for this head) and float32 in the solve: scores agree to 5e-2 and
+    # the accuracy to within 0.5 points (identical predictions off near-ties).
+    np.testing.assert_allclose(scores, plain_scores, rtol=0, atol=5e-2)
     acc_plain = np.mean(np.argmax(plain_scores, 1) == y_test)
     acc_he = np.mean(np.argmax(scores, 1) == y_test)
     assert abs(acc_he - acc_plain) <= 0.005 + 1.0 / len(y_test) * np.sum(
-        np.sort(plain_scores, 1)[:, -1] - np.sort(plain_scores, 1)[:, -2] < 2e-2)
+        np.sort(plain_scores, 1)[:, -1] - np.sort(plain_scores, 1)[:, -2] < 1e-1)
     assert acc_plain > 0.5  # the aligned pipeline classifies BBC far above chance (0.2)
