@@ -10,26 +10,6 @@ from linalign.experiments import common as C
 from linalign.experiments import registry
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    # One hidden-state cache for all study tests: they embed the same texts with the same models.
-    return str(tmp_path_factory.mktemp("hidden_cache"))
-
-
-@pytest.fixture()
-def cfg(tiny_models, tiny_corpora, tmp_path, shared_cache):
-    C._MODELS.clear()
-    from linalign.eval import cache
-    cache.clear_memo()
-    return C.StudyConfig(models=(tiny_models["bert"], tiny_models["llama_a"], tiny_models["llama_b"]),
-                         corpus=tiny_corpora["task"], public_corpus=tiny_corpora["public"],
-                         ood_corpus=tiny_corpora["public"], ood_holdout="arts", n_texts=120,
-                         n_public=80, n_in_dist=16, max_length=24, batch_size=16, lam="gcv",
-                         knn_k=5, out_root=str(tmp_path / "results"), cache_dir=shared_cache,
-                         scaling_sizes=(20, 40), n_gen_fit=40, n_gen=2, max_new_tokens=6,
-                         gen_corpora=(tiny_corpora["public"],), encoder=tiny_models["bert"])
-
-
 def _outputs(d):
     files = sorted(p.name for p in d.iterdir())
     assert "report.md" in files and "results.json" in files
