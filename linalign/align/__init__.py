@@ -12,7 +12,7 @@
 from linalign.align.affine_map import AffineMap, MapFormatError, MapMetadata, mean_cosine, r2_score
 from linalign.align.folded import FoldedAccumulator, HostAccumulator
 from linalign.align.lambdas import LambdaSpec, choose_lambda, fold_of
-from linalign.align.sharding import ShardingRules, parse_mesh
+from linalign.align.sharding import ShardingRules
 from linalign.align.solve import (RidgePath, SingularSystemError, default_lambda_grid, select_lambda,
                                   select_lambda_gcv, select_lambda_kfold, solve, train_r2)
 from linalign.align.stats import (Accumulator, HostStats, SufficientStats, batch_stats, from_arrays,

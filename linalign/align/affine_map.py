@@ -218,8 +218,8 @@ class AffineMap:
         """Writes the map as one safetensors file, atomically.
 
         Args:
-          path: the file (``*.safetensors``), or an existing directory (then
-            ``path/map.safetensors``).
+          path: the file (``*.safetensors``); any other path is taken as a directory (created
+            if needed) to hold ``map.safetensors``.
           overwrite: replace an existing file.
 
         Returns:
@@ -231,7 +231,7 @@ class AffineMap:
         from safetensors.numpy import save as st_save
 
         target = pathlib.Path(path).absolute()
-        if target.is_dir():
+        if target.is_dir() or target.suffix != ".safetensors":
             target = target / MAP_FILE
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
@@ -293,6 +293,8 @@ class AffineMap:
         if m.heldout:
             held = (f", held-out R^2={m.heldout.get('r2', float('nan')):.4f}, "
                     f"cosine={m.heldout.get('cosine', float('nan')):.4f}")
+        elif isinstance(m.extra, dict) and m.extra.get("cv_r2") is not None:
+            held = f", cv R^2={m.extra['cv_r2']:.4f}"
         return (f"AffineMap({m.source_model or '?'} [{self.d_b}] -> {m.target_model or '?'} "
                 f"[{self.d_a}], lam={m.lam:.4g}{sel}, n={m.n}{held})")
 

@@ -38,8 +38,23 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
+def _mix(x: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 of uint64 ``x`` (wrapping arithmetic)."""
+    off = np.uint64((int(seed) * int(_GOLDEN) + int(_GOLDEN)) % (1 << 64))
+    with np.errstate(over="ignore"):
+        x = x.astype(np.uint64) + off
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        return x ^ (x >> np.uint64(31))
+
+
 def fold_of(global_row_index, k: int, seed: int = 0) -> np.ndarray:
     """Fold of each row, from a hash of its global row index (identical on every process).
+
+    Rows are taken in blocks of k consecutive indices; within a block the folds are a
+    permutation given by the ranks of the rows' hashes. So a row's fold depends on its index
+    alone, any k consecutive rows fill every fold once (n rows give folds of n // k or
+    n // k + 1 rows, even for tiny n), and the order inside each block is random.
 
     Args:
       global_row_index: [m] non-negative integer row indices (position in the whole dataset).
@@ -51,15 +66,19 @@ def fold_of(global_row_index, k: int, seed: int = 0) -> np.ndarray:
     """
     if int(k) < 1:
         raise ValueError(f"number of folds must be >= 1, got {k}")
+    k = int(k)
     idx = np.asarray(global_row_index)
     if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0):
         raise ValueError("fold_of needs non-negative integer row indices")
-    x = idx.astype(np.uint64) + np.uint64(seed) * _GOLDEN + _GOLDEN
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        x = x ^ (x >> np.uint64(31))
-    return (x % np.uint64(k)).astype(np.int64)
+    idx = idx.astype(np.int64).reshape(-1)
+    if k == 1:
+        return np.zeros(idx.shape, np.int64)
+    members = (idx // k)[:, None] * k + np.arange(k)[None, :]            # [m, k] the block
+    h = _mix(members, seed)
+    own = h[np.arange(idx.size), idx % k]
+    # Rank of the row's hash within its block (hashes of distinct indices are distinct:
+    # splitmix64 is a bijection).
+    return np.sum(h < own[:, None], axis=1).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +132,8 @@ class LambdaSpec:
         try:
             v = float(s)
         except ValueError:
-            raise ValueError(f"bad lambda spec {x!r}: expected 'auto', 'cv', 'cv:K', 'gcv', "
-                             "'rel:F' or a number") from None
+            raise ValueError(f"lam must be a number, 'gcv', 'cv' or 'auto'; got {x!r} (also "
+                             "accepted: 'cv:K', 'rel:F')") from None
         return cls._fixed(v, x.strip())
 
     @classmethod
