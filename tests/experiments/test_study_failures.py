@@ -116,3 +116,25 @@ def test_pooled_studies_survive_a_model_that_cannot_load(cfg, tiny_models, broke
         else:
             m = np.array(res["similarity"]["linear_cka"], dtype=float)
             assert np.isfinite(m[0, 1]) and np.all(np.isnan(m[2, :2]))
+
+
+@pytest.mark.slow
+def test_command_writes_the_report_and_exits_1_when_a_model_failed(tiny_models, tiny_corpora, broken_model,
+                                                                   tmp_path, shared_cache):
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "linalign.experiments", "--study=similarity",
+           f"--models={tiny_models['bert']},{broken_model}", f"--corpus={tiny_corpora['task']}",
+           "--n_texts=30", "--max_length=24", f"--out={tmp_path}", f"--cache_dir={shared_cache}"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "FAILED model llama_noweights (embedding)" in p.stderr and "model.safetensors" in p.stderr
+    res, md = _read(tmp_path / "similarity")
+    assert res["status"] == "complete" and len(res["failures"]) == 1
+    m = np.array(res["similarity"]["linear_cka"], dtype=float)
+    np.testing.assert_allclose(m[0, 0], 1.0, rtol=0, atol=1e-4)  # the model that loaded was measured
+    assert np.isnan(m[0, 1]) and "llama_noweights" in md
