@@ -128,7 +128,7 @@ def run_classification(cfg: C.StudyConfig, name: str = "classification", data: T
             zhat = C.apply_map(m, d.z[b][d.te])
             acc = heads[a].accuracy(zhat, d.y[d.te])
             entry[r] = {"accuracy": acc, "r2_test": C.r2(zhat, d.z[a][d.te]), "lam": lam,
-                        "n_fit": len(zb)}
+                        "lam_selection": m.metadata.lam_selection, "n_fit": len(zb)}
             row += [acc, entry[r]["r2_test"]]
         return entry, row
 
@@ -327,7 +327,8 @@ def run_scaling(cfg: C.StudyConfig, name: str = "scaling") -> Report:
             r2_n.append(C.r2(zhat, d.z[a][d.te]))
             acc_n.append(heads[a].accuracy(zhat, d.y[d.te]))
             rows_n.append({"target": C.short(a), "source": C.short(b), "n_fit": n, "lam": lam,
-                           "r2_test": r2_n[-1], "accuracy": acc_n[-1]})
+                           "lam_selection": m.metadata.lam_selection, "r2_test": r2_n[-1],
+                           "accuracy": acc_n[-1]})
         return r2_n, acc_n, rows_n
 
     def render():

@@ -167,7 +167,8 @@ def _one_pair(cfg, rep, a, b, rows, native, prompts, fit_texts):
              "jaccard_vocab": jac, "token_agreement": agree, "target_ppl_cross": ppl_cross,
              "target_ppl_native": ppl_native, "cos_to_target_native": float(cos_a.mean()),
              "cos_to_source_native": float(cos_b.mean()), "map_train_r2": r2_fit,
-             "n_token_pairs": int(len(za)), "lam": lam, "lam_spec": str(cfg.gen_lam),
+             "n_token_pairs": int(len(za)), "lam": lam, "lam_spec": amap.metadata.lam_spec,
+             "lam_selection": amap.metadata.lam_selection,
              "map_file": str(path.relative_to(rep.dir))}
     samples = [{"pair": f"{C.short(b)}->{C.short(a)}", "prompt": p, "cross": c.text,
                 "target_native": n_a.text, "source_native": n_b.text}

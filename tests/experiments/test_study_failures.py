@@ -69,6 +69,13 @@ def test_generation_runs_both_directions_with_a_massive_activation_source(cfg, t
         p = pairs[(C.short(src), C.short(tgt))]
         assert p["lam"] == pytest.approx(1e-4, rel=1e-12, abs=0)
         amap = AffineMap.load(out / p["map_file"])
+        # The map file is the one safetensors format, readable without linalign.
+        from safetensors import safe_open
+        with safe_open(str(out / p["map_file"]), "np") as f:
+            meta = json.loads(f.metadata()["metadata"])
+        assert (meta["source_model"], meta["target_model"]) == (src, tgt)
+        assert (meta["lam_spec"], meta["lam_selection"], meta["dtype"]) == ("1e-4", "fixed", "float64")
+        assert (p["lam_spec"], p["lam_selection"]) == ("1e-4", "fixed")
         z_tgt, z_src = paired_token_states(rows[tgt], rows[src])
         # A float64 reference of the same ridge at the same lambda.
         zb, za = z_src.astype(np.float64), z_tgt.astype(np.float64)
