@@ -203,9 +203,9 @@ def run_generation(cfg: C.StudyConfig, name: str = "generation") -> Report:
             logging.info("native %s: %r", C.short(m), native[m][0].text)
     rep.text(f"Map fit on per-token final hidden states of {len(fit_texts)} texts ({', '.join(used)}; "
              f"max_length {cfg.max_length}), tokens paired by character offsets (target token i "
-             f"-> first source token whose span ends at or after i's end). Ridge lambda "
-             f"{cfg.gen_lam!r} (1e-4 is the paper's; chosen by linalign's lambda policy, solved in "
-             f"float64). Greedy decoding, {cfg.max_new_tokens} new tokens, "
+             f"-> first source token whose span ends at or after i's end). Ridge lambda spec "
+             f"`{cfg.gen_lam}` (the paper's is an absolute 1e-4), resolved by linalign's lambda "
+             f"policy; the solve is in float64. Greedy decoding, {cfg.max_new_tokens} new tokens, "
              f"{len(prompts)} plain-text prompts. Cosines use {C.short(cfg.encoder)} mean-pooled "
              "embeddings of the generated text (prompt excluded). Each pair's map is in maps/.\n")
     results, samples = [], []
