@@ -108,18 +108,30 @@ def prep_text(t: str, cfg: StudyConfig) -> str:
 def load_texts(spec: str, n: int, cfg: StudyConfig, seed_offset: int = 0, need_labels: bool = False):
     """Loads a corpus and samples n texts (stratified by label when labelled).
 
+    Args:
+      spec: a ``linalign.data.load_corpus`` spec (a bundled corpus or a .jsonl/.csv/.txt file),
+        or several joined with '+' (``austen+fortunes``), read by ``linalign.extract.load_texts``
+        as the extraction commands read them (joined corpora carry no labels).
+
     Returns:
       (texts, labels or None, corpus name). Empty texts are dropped before sampling.
     """
     from linalign.data import load_corpus
+    from linalign.extract.job import CORPUS_JOIN, load_texts as read_texts
 
-    corpus = load_corpus(spec)
-    labels = getattr(corpus, "labels", None)
+    if CORPUS_JOIN in str(spec):
+        raw, name = read_texts(spec)
+        labels = None
+    else:
+        # A single corpus is read with its labels: classification needs them, and the others
+        # sample labelled corpora (BBC topics, fortune categories) stratified by them.
+        corpus = load_corpus(spec)
+        raw, labels, name = corpus.texts, getattr(corpus, "labels", None), getattr(corpus, "name", spec)
     if need_labels and labels is None:
         raise ValueError(f"corpus {spec!r} has no labels; classification needs a labelled corpus "
                          "(JSONL/CSV with a label column)")
     rng = np.random.default_rng(cfg.seed + seed_offset)
-    texts = [prep_text(t, cfg) for t in corpus.texts]
+    texts = [prep_text(t, cfg) for t in raw]
     keep = [i for i, t in enumerate(texts) if t.strip()]
     if labels is not None:
         by = {}
@@ -134,8 +146,7 @@ def load_texts(spec: str, n: int, cfg: StudyConfig, seed_offset: int = 0, need_l
             keep = sorted(take)
     elif n and n < len(keep):
         keep = sorted(rng.choice(keep, size=n, replace=False).tolist())
-    return ([texts[i] for i in keep], None if labels is None else [labels[i] for i in keep],
-            getattr(corpus, "name", spec))
+    return [texts[i] for i in keep], None if labels is None else [labels[i] for i in keep], name
 
 
 PUBLIC_FALLBACK = ("austen", "fortunes", "bbc_sentences")

@@ -132,3 +132,15 @@ def test_models_embedding_different_texts_refused():
         similarity.similarity_matrices({"a": rng.normal(size=(8, 4)), "b": rng.normal(size=(7, 3))}, k=2, seed=0)
     with pytest.raises(ValueError, match="target has 3 texts, source 2"):
         generation.paired_token_states([None] * 3, [None] * 2)
+
+
+def test_joined_corpus_spec(cfg, tiny_corpora):
+    # '+' joins corpora as the extraction commands do; the join has no labels, so classification
+    # refuses it while unlabelled uses sample from both parts.
+    spec = tiny_corpora["public"] + "+" + tiny_corpora["task"]
+    texts, labels, name = C.load_texts(spec, 0, cfg)
+    one, _, _ = C.load_texts(tiny_corpora["public"], 0, cfg)
+    two, _, _ = C.load_texts(tiny_corpora["task"], 0, cfg)
+    assert labels is None and texts == one + two and name == "public+task"
+    with pytest.raises(ValueError, match="has no labels"):
+        C.load_texts(spec, 10, cfg, need_labels=True)
