@@ -186,6 +186,13 @@ def fit_stream(batches: Iterable, *, lam: Any = "auto", folds: int = 5, seed: in
     return FitResult(amap, report, scores, None if scores is None else np.asarray(info["grid"]))
 
 
+FINGERPRINT_MAX_BYTES = 1 << 28  # hashing more would cost seconds; larger inputs go unhashed
+
+
+def _nbytes(x) -> int:
+    return int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+
+
 def _is_array(x) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
@@ -237,7 +244,7 @@ def fit(z_b, z_a=None, lam: Any = "auto", *, folds: int = 5, seed: int = 0, held
             raise AlignInputError(f"source has {np.shape(z_b)[0]} rows, target {np.shape(z_a)[0]}: "
                                   "rows must be the same texts")
         total_rows = int(np.shape(z_b)[0])
-        if total_rows <= 1 << 24:
+        if _nbytes(z_b) + _nbytes(z_a) <= FINGERPRINT_MAX_BYTES:
             meta.setdefault("source_fingerprint", "sha256:" + array_fingerprint(z_b))
             meta.setdefault("target_fingerprint", "sha256:" + array_fingerprint(z_a))
         batches = ((z_b[i:i + batch_size], z_a[i:i + batch_size])
