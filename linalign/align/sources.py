@@ -36,6 +36,8 @@ class EmbeddingSource:
       data_fingerprint: identity of the array contents (text fingerprint, else file sha256).
       model_fingerprint: the checkpoint's fingerprint from the store manifest, or "".
       layer: hidden-state index from the store manifest, or None.
+      row_tokens: token pairs only: [num_rows] global token index of each row in its store.
+      token_ids: token pairs only: [tokens] token id of every token of the store.
     """
 
     path: pathlib.Path
@@ -50,6 +52,8 @@ class EmbeddingSource:
     _read: Optional[Callable[[int, int], np.ndarray]] = None
     model_fingerprint: str = ""
     layer: Optional[int] = None
+    row_tokens: Optional[np.ndarray] = None
+    token_ids: Optional[np.ndarray] = None
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Rows [lo, hi) as a float32 [hi - lo, dim] array."""
@@ -151,7 +155,7 @@ class _TokenIndex:
 
     def __init__(self, store):
         self.store = store
-        lengths, offsets, shard_of, row_in_shard, text_ids = [], [], [], [], []
+        lengths, offsets, ids, shard_of, row_in_shard, text_ids = [], [], [], [], [], []
         shard = 0
         for part, (lo, _) in zip(store.parts, _part_ranges(store)):
             row = lo
@@ -160,6 +164,7 @@ class _TokenIndex:
                 n = len(tr.lengths_b)
                 lengths.append(np.asarray(tr.lengths_b, np.int64))
                 offsets.append(np.asarray(tr.offsets_n2, np.int64))
+                ids.append(np.asarray(tr.ids_n, np.int32))
                 n_tok = int(tr.lengths_b.sum())
                 shard_of.append(np.full(n_tok, shard, np.int32))
                 row_in_shard.append(np.arange(n_tok, dtype=np.int64))
@@ -168,6 +173,7 @@ class _TokenIndex:
                 shard += 1
         cat = lambda xs, shape, dt: np.concatenate(xs) if xs else np.zeros(shape, dt)  # noqa: E731
         self.offsets = cat(offsets, (0, 2), np.int64)
+        self.ids = cat(ids, (0,), np.int32)
         self.shard_of = cat(shard_of, (0,), np.int32)
         self.row_in_shard = cat(row_in_shard, (0,), np.int64)
         self.text_ids = cat(text_ids, (0,), np.int64)
@@ -278,7 +284,7 @@ def open_token_pairs(source_path, target_path, *, max_texts: Optional[int] = Non
                                "token", pair_fp, pair_fp, _store=st,
                                _read=lambda lo, hi: idx.gather(tok[lo:hi]),
                                model_fingerprint=str(m.get("model_fingerprint", "")),
-                               layer=m.get("layer"))
+                               layer=m.get("layer"), row_tokens=tok, token_ids=idx.ids)
 
     return source(src_st, s_idx, src_tok), source(tgt_st, t_idx, tgt_tok), text_of
 

@@ -330,6 +330,10 @@ def finish(fit: StreamingFit, fold_stats: list, val, *, grid=None, method: str =
                                        heldout=held, dtype="float64",
                                        extra={**extra, **md_extra}, **md))
     t_solve = time.perf_counter() - t0
+    import resource
+    rss = np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])  # KiB -> MiB
+    if p.process_count > 1:
+        rss = np.asarray(multihost_utils.process_allgather(rss)).reshape(-1)
     report = {"source": str(fit.src.path), "target": str(fit.tgt.path),
               "source_model": fit.src.model, "target_model": fit.tgt.model,
               "d_b": p.d_b, "d_a": p.d_a, "n_rows": p.num_rows, "n_train": n_train,
@@ -337,7 +341,7 @@ def finish(fit: StreamingFit, fold_stats: list, val, *, grid=None, method: str =
               "lambda_selection": info["lam_selection"], **grid_info,
               "train": {"r2": extra["train_r2"]}, "accumulation_dtype": p.dtype,
               "process_count": p.process_count, "seconds_accumulate": seconds_accumulate,
-              "seconds_solve": t_solve,
+              "seconds_solve": t_solve, "peak_rss_mib": [float(x) for x in rss],
               "rows_per_second": p.num_rows / max(seconds_accumulate, 1e-9)}
     if "cv_r2" in extra:
         report["cv_r2"] = extra["cv_r2"]

@@ -528,18 +528,47 @@ class EmbeddingStore:
         return buf.slice_rows(a, b) if self.per_token else buf[a:b]
 
 
+def _unjoined_manifest(path: pathlib.Path) -> Optional[dict]:
+    """An in-memory manifest over the parts written so far of a store still being extracted
+    (several processes, no store manifest yet); None when ``path`` holds no part directories."""
+    if not path.is_dir():
+        return None
+    names = sorted(p.name for p in path.iterdir() if _PART_DIR.match(p.name)
+                   and (p / MANIFEST).exists())
+    if not names:
+        return None
+    counts = {n.rsplit("-of-", 1)[1] for n in names}
+    if len(counts) != 1:
+        raise StoreError(f"{path} holds parts of jobs of different sizes: {names}")
+    parts = [_read_manifest(path / n) for n in names]
+    first = parts[0]
+    m = {k: first.get(k) for k in _PART_KEYS}
+    m.update(format_version=FORMAT_VERSION, complete=False,
+             num_rows=sum(int(x["num_rows"]) for x in parts),
+             parts=[{"name": n} for n in names],
+             text_fingerprint=(first.get("part") or {}).get("corpus_fingerprint"))
+    return m
+
+
 def open_store(path: PathLike, *, require_complete: bool = True, verify: bool = False) -> EmbeddingStore:
     """Opens an embedding store: one part, several parts, or the earlier ``parts.json`` layout.
 
     Args:
       path: store directory.
-      require_complete: raise if the writer never finished (an interrupted extraction).
+      require_complete: raise if the writer never finished (an interrupted extraction). With
+        False, a multi-process store still being written (no store manifest yet) opens as the
+        rows its parts have committed so far.
       verify: check every shard's sha256 now rather than as each is read.
 
     Raises:
       StoreError: missing manifest or shard, corrupt shard, incomplete store.
     """
-    store = EmbeddingStore(path)
+    p = pathlib.Path(path)
+    if not require_complete and not (p / MANIFEST).exists() and not (p / LEGACY_PARTS_INDEX).exists():
+        m = _unjoined_manifest(p)
+        store = EmbeddingStore(p, m) if m is not None else EmbeddingStore(p)
+    else:
+        store = EmbeddingStore(p)
     if require_complete and not store.complete:
         if len(store.parts) > 1:
             raise StoreError(f"{path}: a part is incomplete; rerun the extraction to resume it")
