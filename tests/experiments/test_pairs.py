@@ -12,7 +12,7 @@ from linalign.experiments.pairs import PairRunner
 
 
 def _fit_r2(n_src, n_tgt, seed=0):
-    # A real fit: mismatched row counts make fit_map raise its own ValueError.
+    # A real fit: mismatched row counts make fit_map raise its own AlignInputError (a ValueError).
     rng = np.random.default_rng(seed)
     zb, za = rng.normal(size=(n_src, 4)), rng.normal(size=(n_tgt, 3))
     m, lam = C.fit_map(zb, za, "1.0")
@@ -48,11 +48,11 @@ def test_failed_pair_is_recorded_and_the_others_run(tmp_path):
     assert res["status"] == "complete" and res["unit"]["pairs"] == ["p1", "p4"]
     assert [(f["step"], f["type"]) for f in res["failures"]] == [
         ("model bad (load); every pair with it is left out", "FileNotFoundError"),
-        ("p2", "ValueError")]
+        ("p2", "AlignInputError")]
     assert "source has 50 rows, target 49" in res["failures"][1]["message"]
     assert res["skipped_pairs"] == ["p3 (model bad: FileNotFoundError in its load)"]
     md = (d / "report.md").read_text()
-    assert "**2 failed step(s)**" in md and "- p2: `ValueError`: source has 50 rows, target 49" in md
+    assert "**2 failed step(s)**" in md and "- p2: `AlignInputError`: source has 50 rows, target 49" in md
     assert md.count("| pair | R2 |") == 1 and md.count("setup") == 1  # rebuilt, not appended
     assert "Status:" not in md
 
