@@ -40,6 +40,8 @@ flags.DEFINE_string("work", "runs/scale_fit", "Fit output directories.")
 flags.DEFINE_string("out", None, "Write results.json, report.md and fit_time.png here.")
 flags.DEFINE_bool("allow_incomplete", True, "Use what both extractions have finished.")
 flags.DEFINE_integer("batch_size", 8192, "Rows per process per accumulation step.")
+flags.DEFINE_string("only_consumers", None, "Just check that this map loads in helix and "
+                    "generate.cross (skips the fits).")
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -98,6 +100,69 @@ def _evaluate(map_dir: pathlib.Path, src, tgt, rows: np.ndarray, model) -> dict:
             "next_token_accuracy_target": float(np.mean((pick_true == actual)[same_text]))}
 
 
+def check_consumers(map_path: pathlib.Path, src, heldout: np.ndarray, target, work: pathlib.Path) -> dict:
+    """Loads the map, unchanged, in ``python -m linalign.helix query`` and in
+    ``linalign.generate.cross``; returns what each produced.
+
+    HELIX: the provider's head is 8 rows of the target's own LM head (token embeddings, tied),
+    the client maps 4 held-out source states with the map file and gets the encrypted scores;
+    they must equal the plaintext scores (mapped state @ head) to CKKS precision.
+    """
+    from linalign import checkpoints
+    from linalign.align.affine_map import AffineMap
+    from linalign.atomic import atomic_file
+    from linalign.generate.cross import CrossDecoder
+
+    amap = AffineMap.load(map_path)
+    emb = np.asarray(target.params["embed_tokens"]["embedding"], np.float64)
+    tok_ids = np.array([target.tokenizer.encode(w)[-1] for w in
+                        (" the", " of", " and", " to", " a", " in", " was", " she")])
+    v_dk = emb[tok_ids].T                                       # [d_a, 8]
+    bundle = work / "head_bundle.npz"
+    with atomic_file(bundle, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, v_dk=v_dk, c_k=np.zeros(len(tok_ids)))
+    z = src.read(int(heldout[0]), int(heldout[0]) + 4).astype(np.float64)
+    with atomic_file(work / "queries.npy", suffix=".npy") as tmp:
+        np.save(tmp, z)
+    port_file = work / "helix.port"
+    port_file.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    helix = [sys.executable, "-m", "linalign.helix"]
+    server = subprocess.Popen(helix + ["serve", "--port=0", f"--port_file={port_file}",
+                                       f"--head={bundle}", "--max_connections=1",
+                                       "--max_seconds=900"], env=env,
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    q = None
+    try:
+        while not port_file.exists():  # written once the server listens
+            if server.poll() is not None:
+                raise RuntimeError(f"helix serve exited: {server.stdout.read()[-2000:]}")
+            time.sleep(0.5)
+        port = int(port_file.read_text())
+        q = subprocess.run(helix + ["query", f"--port={port}", f"--map={map_path}",
+                                    f"--embeddings={work / 'queries.npy'}",
+                                    f"--out={work / 'scores.npy'}"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=900)
+    finally:
+        if q is not None and q.returncode == 0:
+            server.wait(timeout=120)
+        else:
+            server.kill()
+    if q.returncode != 0:
+        raise RuntimeError(f"helix query failed: {q.stderr[-3000:]}")
+    enc = np.load(work / "scores.npy")
+    plain = np.asarray(amap(z), np.float64) @ v_dk
+    helix_out = {"command": "python -m linalign.helix query --map=" + map_path.name,
+                 "queries": 4, "max_abs_error_vs_plaintext": float(np.max(np.abs(enc - plain))),
+                 "max_abs_score": float(np.max(np.abs(plain))), "query_stats": json.loads(q.stdout.strip().splitlines()[-1])}
+    source = checkpoints.load(src.model)
+    dec = CrossDecoder(source, str(map_path), target)
+    gen = dec.generate("It is a truth universally acknowledged, that", max_new_tokens=12)
+    return {"helix_query": helix_out,
+            "generate_cross": {"prompt": "It is a truth universally acknowledged, that",
+                               "text": gen.text, "finish_reason": gen.finish_reason}}
+
+
 def _runs(rows: np.ndarray):
     """Consecutive runs [a, b) of sorted row indices (reads stay sequential)."""
     cut = np.flatnonzero(np.diff(rows) != 1) + 1
@@ -144,6 +209,11 @@ def main(argv):
     sizes = sorted({n_train_max if s == "max" else min(int(s), n_train_max) for s in FLAGS.sizes})
     model = checkpoints.load(FLAGS.target_model)
     work = pathlib.Path(FLAGS.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if FLAGS.only_consumers:
+        print(json.dumps(check_consumers(pathlib.Path(FLAGS.only_consumers), src, heldout, model,
+                                         work), indent=1))
+        return
     results = []
     for n in sizes:
         out = work / f"fit_{n}"
@@ -153,7 +223,10 @@ def main(argv):
         results.append(rep)
         logging.info("%d rows: %.1f s, %s", n, rep["seconds_accumulate"] + rep["seconds_solve"],
                      json.dumps(rep["heldout_texts"]))
+    consumers = check_consumers(work / f"fit_{sizes[-1]}" / "map.safetensors", src, heldout, model, work)
+    logging.info("consumers: %s", json.dumps(consumers))
     summary = {"pairs_available": int(len(text_of)), "texts_paired": int(len(texts)),
+               "consumers": consumers,
                "heldout_texts": FLAGS.eval_texts, "heldout_rows": int(len(heldout)),
                "source_store": FLAGS.source, "target_store": FLAGS.target, "fits": results}
     print(json.dumps(summary, indent=1)[:4000])
