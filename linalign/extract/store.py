@@ -47,6 +47,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from linalign.assets.store import sha256_file  # noqa: F401  (the package's one file digest)
 from linalign.atomic import atomic_file, atomic_write_json
 
 FORMAT_VERSION = 1
@@ -81,15 +82,6 @@ def text_fingerprint(texts: Iterable[str]) -> str:
         b = t.encode("utf-8")
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
-    return h.hexdigest()
-
-
-def sha256_file(path: PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 
