@@ -46,10 +46,16 @@ def main(argv):
     from linalign.align.sources import open_embeddings
     from linalign.mesh import make_mesh
 
+    from linalign.align.lambdas import LambdaSpec
+
     F = flags.FLAGS
     for name in ("source", "target", "out_dir"):
         if not getattr(F, name):
             raise app.UsageError(f"--{name} is required")
+    try:
+        LambdaSpec.parse(F.lam)  # refuse a bad spec before reading any data
+    except ValueError as e:
+        raise app.UsageError(f"--lam: {e}") from None
     src, tgt = open_embeddings(F.source), open_embeddings(F.target)
     grid = None if F.lam_grid is None else [float(x) for x in F.lam_grid]
     result = fitting.fit_sources(

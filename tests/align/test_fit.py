@@ -139,3 +139,11 @@ def test_gcv_without_holdout_and_gcv_refused_when_rows_do_not_exceed_width(tmp_p
         val_fraction=0.95, progress=False), tmp_path / "small"))
     assert m.metadata.lam_selection == "kfold-5" and m.metadata.lam_spec == "gcv"
     assert "n <= d_b" in m.metadata.extra["gcv_refused"]
+
+
+def test_cli_bad_lambda_spec_is_refused_before_reading(tmp_path):
+    r = _run_cli(f"--source={tmp_path / 'missing.npy'}", f"--target={tmp_path / 'missing.npy'}",
+                 f"--out_dir={tmp_path / 'out'}", "--lam=ridge")
+    assert r.returncode != 0
+    assert "--lam: lam must be a number, 'gcv', 'cv' or 'auto'; got 'ridge'" in r.stderr
+    assert list(tmp_path.iterdir()) == []
