@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +41,8 @@ flags.DEFINE_string("work", "runs/scale_fit", "Fit output directories.")
 flags.DEFINE_string("out", None, "Write results.json, report.md and fit_time.png here.")
 flags.DEFINE_bool("allow_incomplete", True, "Use what both extractions have finished.")
 flags.DEFINE_integer("batch_size", 8192, "Rows per process per accumulation step.")
+flags.DEFINE_float("extraction_started", None, "Unix time both extractions were started "
+                   "(for their rows/s: committed tokens over the time to the last shard).")
 flags.DEFINE_string("only_consumers", None, "Just check that this map loads in helix and "
                     "generate.cross (skips the fits).")
 FLAGS = flags.FLAGS
@@ -55,6 +58,8 @@ def _fit(n_rows: int, out: pathlib.Path) -> dict:
            "--val_fraction=0.02", f"--batch_size={FLAGS.batch_size}", "--checkpoint_every=20"]
     if FLAGS.allow_incomplete:
         cmd.append("--allow_incomplete")
+    # A fresh fit: checkpoints of an earlier run of other rows would be refused, not reused.
+    shutil.rmtree(str(out) + ".checkpoints", ignore_errors=True)
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(REPO))
     logging.info("fit of %d rows: %s", n_rows, " ".join(cmd))
     t0 = time.perf_counter()
@@ -163,6 +168,49 @@ def check_consumers(map_path: pathlib.Path, src, heldout: np.ndarray, target, wo
                                "text": gen.text, "finish_reason": gen.finish_reason}}
 
 
+def extraction_summary(store_path: str, started: float) -> dict:
+    """Tokens committed by a (possibly running) extraction and its rate since ``started``."""
+    from linalign.extract.store import open_store
+
+    st = open_store(store_path, require_complete=False)
+    last, tokens = started, 0
+    for part in st.parts:
+        for s in part.manifest["shards"]:
+            tokens += int(s["tokens"])
+            last = max(last, (part.path / s["file"]).stat().st_mtime)
+    return {"store": store_path, "model": st.manifest.get("model"), "texts": st.num_rows,
+            "tokens": tokens, "parts": len(st.parts), "complete": st.complete,
+            "seconds": last - started, "tokens_per_second": tokens / max(last - started, 1e-9)}
+
+
+def _markdown(summary: dict) -> str:
+    """The results table (one row per fit) and the consumer checks."""
+    lines = ["| training rows | fit s (accumulate + CV + solve) | fit rows/s | wall s | peak RSS MiB "
+             "(per process) | lambda (kfold-5) | CV R^2 | held-out R^2 | held-out cosine | "
+             "next-token agreement |", "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in summary["fits"]:
+        h = r["heldout_texts"]
+        t = r["seconds_accumulate"] + r["seconds_solve"]
+        lines.append(f"| {r['n_rows']:,} | {t:.1f} | {r['n_rows'] / t:,.0f} | "
+                     f"{r['wall_seconds']:.0f} | {' / '.join(f'{x:.0f}' for x in r['peak_rss_mib'])} | "
+                     f"{r['lambda']:.4g} | {r.get('cv_r2', float('nan')):.4f} | {h['r2']:.4f} | "
+                     f"{h['cosine']:.4f} | {h['next_token_agreement']:.3f} |")
+    out = "\n".join(lines) + "\n"
+    if summary.get("extraction"):
+        out += "\n| extraction | texts | tokens | seconds | tokens/s (2 processes) |\n|---|---:|---:|---:|---:|\n"
+        for e in summary["extraction"]:
+            out += (f"| {e['model']} | {e['texts']:,} | {e['tokens']:,} | {e['seconds']:.0f} | "
+                    f"{e['tokens_per_second']:.0f} |\n")
+    c = summary.get("consumers") or {}
+    if c:
+        hq, gc = c["helix_query"], c["generate_cross"]
+        out += (f"\nHELIX query with the map file: max |encrypted - plaintext| = "
+                f"{hq['max_abs_error_vs_plaintext']:.2e} (scores up to {hq['max_abs_score']:.1f}), "
+                f"{hq['query_stats']['ms_per_query']:.0f} ms/query. generate.cross: "
+                f"{gc['prompt']!r} -> {gc['text']!r} ({gc['finish_reason']}).\n")
+    return out
+
+
 def _runs(rows: np.ndarray):
     """Consecutive runs [a, b) of sorted row indices (reads stay sequential)."""
     cut = np.flatnonzero(np.diff(rows) != 1) + 1
@@ -196,7 +244,7 @@ def main(argv):
     del argv
     from linalign import checkpoints
     from linalign.align.sources import open_token_pairs
-    from linalign.atomic import atomic_write_json
+    from linalign.atomic import atomic_write, atomic_write_json
 
     src, tgt, text_of = open_token_pairs(FLAGS.source, FLAGS.target,
                                          allow_incomplete=FLAGS.allow_incomplete)
@@ -227,14 +275,17 @@ def main(argv):
     logging.info("consumers: %s", json.dumps(consumers))
     summary = {"pairs_available": int(len(text_of)), "texts_paired": int(len(texts)),
                "consumers": consumers,
+               "extraction": None if FLAGS.extraction_started is None else
+               [extraction_summary(x, FLAGS.extraction_started) for x in (FLAGS.source, FLAGS.target)],
                "heldout_texts": FLAGS.eval_texts, "heldout_rows": int(len(heldout)),
                "source_store": FLAGS.source, "target_store": FLAGS.target, "fits": results}
     print(json.dumps(summary, indent=1)[:4000])
     if FLAGS.out:
         out = pathlib.Path(FLAGS.out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "fits.json", summary)
+        atomic_write_json(out / "results.json", summary)
         _plot(results, out / "fit_time.png")
+        atomic_write(out / "report.md", _markdown(summary))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,17 @@ class FitPlan:
         return dataclasses.asdict(self)
 
 
+def allgather64(x: np.ndarray) -> np.ndarray:
+    """[P, *x.shape] float64 values of every process, exactly.
+
+    ``process_allgather`` goes through jax arrays, which hold float32 unless jax_enable_x64 is
+    on; the bits travel as uint32 pairs instead, so nothing is rounded.
+    """
+    bits = np.ascontiguousarray(x, np.float64).view(np.uint32)
+    out = np.asarray(multihost_utils.process_allgather(bits))
+    return np.ascontiguousarray(out.reshape(-1, *bits.shape)).view(np.float64).reshape(-1, *np.shape(x))
+
+
 def _host_zeros_folds(k: int, d_b: int, d_a: int) -> list:
     return [stats_lib.host_zeros(d_b, d_a) for _ in range(k)]
 
@@ -173,8 +184,8 @@ class StreamingFit:
                 for k, s in shapes.items()}
 
     def _meta(self, step: int) -> dict:
-        mine = np.array([self.pid, self.lo, self.hi, self.next_row(step)], np.int64)
-        everyone = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 4)
+        mine = np.array([self.pid, self.lo, self.hi, self.next_row(step)], np.float64)
+        everyone = (allgather64(mine) if self.nproc > 1 else mine[None]).astype(np.int64)
         return {"version": FIT_VERSION, "step": step, "plan": self.plan.to_json(),
                 "positions": [{"process": int(p), "lo": int(lo), "hi": int(hi), "next_row": int(r)}
                               for p, lo, hi, r in everyone]}
@@ -259,7 +270,7 @@ class StreamingFit:
         local = _stack(hosts)
         if self.nproc == 1:
             return [stats_lib.merge_all([h]) for h in hosts]
-        everyone = {k: np.asarray(multihost_utils.process_allgather(v)) for k, v in local.items()}
+        everyone = {k: allgather64(v) for k, v in local.items()}
         per_proc = [_unstack({k: v[q] for k, v in everyone.items()}, len(hosts), self.plan.dtype)
                     for q in range(self.nproc)]
         return [stats_lib.merge_all([per_proc[q][j] for q in range(self.nproc)])
@@ -288,7 +299,7 @@ class StreamingFit:
             s = AffineMap(w, b).evaluate(np.concatenate(keep_b), np.concatenate(keep_a))["cosine"] * have
         both = np.array([s, have], np.float64)
         if self.nproc > 1:
-            both = np.asarray(multihost_utils.process_allgather(both)).reshape(-1, 2).sum(0)
+            both = allgather64(both).sum(0)
         return (float(both[0] / both[1]) if both[1] else None), int(both[1])
 
 
@@ -333,7 +344,7 @@ def finish(fit: StreamingFit, fold_stats: list, val, *, grid=None, method: str =
     import resource
     rss = np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])  # KiB -> MiB
     if p.process_count > 1:
-        rss = np.asarray(multihost_utils.process_allgather(rss)).reshape(-1)
+        rss = allgather64(rss).reshape(-1)
     report = {"source": str(fit.src.path), "target": str(fit.tgt.path),
               "source_model": fit.src.model, "target_model": fit.tgt.model,
               "d_b": p.d_b, "d_a": p.d_a, "n_rows": p.num_rows, "n_train": n_train,

@@ -61,11 +61,6 @@ def run_cli(cmd, devices: int = 8, timeout: float = 300) -> subprocess.Completed
     return proc
 
 
-def load_npz(path) -> dict:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
 def brute_force_cv(z_b: np.ndarray, z_a: np.ndarray, grid, k: int = 5, seed: int = 0) -> np.ndarray:
     """[L] summed held-out squared error of k-fold CV, refitting on the raw rows of each fold.
 

@@ -74,7 +74,7 @@ def test_launcher_propagates_a_failing_process(tmp_path):
          *fit_cmd(src, str(tmp_path / "missing.npy"), tmp_path / "out")],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode not in (0, 124), proc.stderr
-    assert "does not exist" in proc.stdout
+    assert "no embeddings at" in proc.stdout and "missing.npy" in proc.stdout
 
 
 def _manifests(ckpt):
