@@ -91,18 +91,20 @@ def _scaled_factor(h: HostStats, lam: float):
     a /= d[:, None]
     a /= d[None, :]
     try:
-        c, low = scipy.linalg.cho_factor(a, lower=True, check_finite=False)
+        # numpy's LAPACK: scipy's bundled potrf measured 2.9 s against numpy's 0.04 s for
+        # d = 768 on the 2-core development machine.
+        chol = np.linalg.cholesky(a)
     except np.linalg.LinAlgError:
         raise SingularSystemError(
             f"C_bb + lam*I is not positive definite at lam={lam:g} (float64 Cholesky failed); "
             f"{_advice(h, lam)}") from None
-    ld = np.abs(np.diag(c))
+    ld = np.abs(np.diag(chol))
     eps = _tol_eps(h, lam)
     lb = (ld.max() / ld.min()) ** 2 if ld.min() > 0 else math.inf
     if lam == 0 and lb * h.d_b * eps <= 1:
         # Unregularised: the Cholesky bound can miss a null space hidden in rounding noise,
         # so take the exact condition number of the scaled matrix (same O(d^3) as the factor).
-        ev = scipy.linalg.eigvalsh(a, check_finite=False)
+        ev = np.linalg.eigvalsh(a)
         lb = ev[-1] / ev[0] if ev[0] > 0 else math.inf
     if lb * h.d_b * eps > 1:
         raise SingularSystemError(
@@ -114,7 +116,13 @@ def _scaled_factor(h: HostStats, lam: float):
         logging.warning("lam=%g: scaled condition number >= %.3g exceeds 1/(d_b*eps) of the %s "
                         "statistics; the map is solved in float64 but its smallest directions "
                         "carry few digits (accumulate in float64 for more)", lam, lb, h.acc_dtype)
-    return (c, low), d
+    return chol, d
+
+
+def _chol_solve(chol: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """(L L^T)^-1 rhs by two triangular solves."""
+    y = scipy.linalg.solve_triangular(chol, rhs, lower=True, check_finite=False)
+    return scipy.linalg.solve_triangular(chol.T, y, lower=False, check_finite=False)
 
 
 def solve(stats, lam: float, method: str = "cholesky", scale=None):
@@ -142,8 +150,8 @@ def solve(stats, lam: float, method: str = "cholesky", scale=None):
     if method == "eigh":
         w = RidgePath(h).weights(lam)
     else:
-        factor, d = _scaled_factor(h, lam)
-        w = scipy.linalg.cho_solve(factor, h.c_ba / d[:, None], check_finite=False) / d[:, None]
+        chol, d = _scaled_factor(h, lam)
+        w = _chol_solve(chol, h.c_ba / d[:, None]) / d[:, None]
     if scale is not None:
         w = w * np.asarray(scale, np.float64).reshape(-1)[:, None]
     b = h0.mean_a - h0.mean_b @ w
