@@ -13,7 +13,7 @@ Specs (``LambdaSpec.parse``):
 
 Folds are fixed by ``fold_of``: a hash of each row's global index, so the same row lands in the
 same fold on every process and in every run, whatever the batching. Accumulation keeps one
-SufficientStats per fold (``linalign.align.stats.FoldedAccumulator``); the total is their exact
+SufficientStats per fold (``linalign.align.folded.FoldedAccumulator``); the total is their exact
 merge, and fold j's training statistics are the merge of the other folds. Fold j's held-out
 squared error for every lambda of a grid then follows from fold j's own statistics and one
 eigendecomposition of its training C_bb (``RidgePath.val_sse``), so CV costs k eighs and no
