@@ -66,7 +66,9 @@ def __getattr__(name):
 
 def _is_map(p: pathlib.Path) -> bool:
     if p.is_dir():
-        return (p / "map.safetensors").is_file()
+        # An old orbax map folder counts too, so AffineMap.load names the converter.
+        return (p / "map.safetensors").is_file() or ((p / "params").is_dir()
+                                                      and (p / "metadata.json").is_file())
     if p.suffix != ".safetensors" or not p.is_file():
         return False
     with open(p, "rb") as f:
