@@ -132,7 +132,22 @@ def init_stats(d_b: int, d_a: int, dtype=jnp.float32, sharding: Any = None) -> S
 
 def from_moments(n, mean_b, mean_a, c_bb, c_ba, ss_a=None) -> SufficientStats:
     """Builds statistics from moments computed elsewhere (e.g. a cross-product received over
-    a protocol). ``ss_a`` may be omitted (then training R^2 / GCV are unavailable: NaN)."""
+    a protocol). ``ss_a`` may be omitted (then training R^2 / GCV are unavailable: NaN).
+
+    float64 numpy moments give ``HostStats`` (float64 kept for the solve: without
+    jax_enable_x64, jax arrays would round them to float32); anything else SufficientStats.
+    """
+    if (isinstance(c_bb, np.ndarray) and isinstance(c_ba, np.ndarray) and c_bb.dtype == np.float64
+            and not jax.config.jax_enable_x64):
+        f = lambda x: np.asarray(x, np.float64)  # noqa: E731
+        mb, ma = f(mean_b).reshape(-1), f(mean_a).reshape(-1)
+        sa = np.full(ma.shape, np.nan) if ss_a is None else f(ss_a)
+        if c_bb.shape != (mb.size, mb.size) or c_ba.shape != (mb.size, ma.size) or sa.shape != ma.shape:
+            raise AlignInputError(
+                f"inconsistent moment shapes: mean_b {mb.shape}, mean_a {ma.shape}, "
+                f"c_bb {c_bb.shape}, c_ba {c_ba.shape}, ss_a {sa.shape}")
+        return HostStats(np.int64(n), mb, ma, f(c_bb), f(c_ba), sa, np.zeros_like(mb),
+                         np.zeros_like(ma), acc_dtype="float64")
     mean_b = jnp.asarray(mean_b)
     if ss_a is None:
         ss_a = jnp.full(jnp.shape(mean_a), jnp.nan, mean_b.dtype)

@@ -184,3 +184,17 @@ def test_singular_error_suggests_a_lambda_that_works():
         # The suggested ridge settles the null space without hurting the fit.
         pred = z_b @ w + b
         np.testing.assert_allclose(pred, pred_ok, rtol=1e-3, atol=1e-3)
+
+
+def test_float64_moments_from_elsewhere_keep_float64():
+    # Moments computed outside jax (e.g. decrypted by HELIX) in float64 are solved in float64.
+    z_b, z_a = _problem(n=300, d_b=8, d_a=3, mean=100.0)
+    xc, yc = z_b - z_b.mean(0), z_a - z_a.mean(0)
+    s = align.from_moments(300, z_b.mean(0), z_a.mean(0), xc.T @ xc, xc.T @ yc)
+    assert isinstance(s, align.HostStats) and s.c_bb.dtype == np.float64
+    w, b = align.solve(s, 0.5)
+    w_ref, b_ref = _ref_solve(z_b, z_a, 0.5)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-10, atol=1e-10)
+    with pytest.raises(align.AlignInputError, match="inconsistent moment shapes"):
+        align.from_moments(10, np.zeros(3), np.zeros(2), np.zeros((3, 3)), np.zeros((2, 3)))
