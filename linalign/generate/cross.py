@@ -26,9 +26,8 @@ after prefill). Batch size is 1: re-tokenization is per sequence and happens on 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
