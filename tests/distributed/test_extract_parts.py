@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -80,7 +81,8 @@ def _launch(tmp_path, *cmd):
 @pytest.mark.slow
 def test_two_process_extraction_is_read_by_linalign_fit(tiny, tmp_path):
     """Two processes extract both models through launch/local_cpu.sh; the single-host
-    ``python -m linalign.fit`` reads the stores and writes a map that ``AffineMap.load`` reads."""
+    ``python -m linalign.fit`` reads the stores and writes a map that ``AffineMap.load`` and
+    ``python -m linalign.helix query`` read."""
     from linalign.align.affine_map import AffineMap
 
     bert_dir, bert = tiny
@@ -104,6 +106,31 @@ def test_two_process_extraction_is_read_by_linalign_fit(tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     amap = AffineMap.load(tmp_path / "fit")
     assert amap.metadata.n == len(TEXTS) and amap.metadata.lam_selection == "fixed-relative"
+    # ... and HELIX serves a head for it: the client maps with the file and gets encrypted scores.
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(amap.d_a, 3))
+    np.savez(tmp_path / "head.npz", v_dk=v, c_k=rng.normal(size=3))
+    z = open_store(tmp_path / "zb").read_all()[:2]
+    np.save(tmp_path / "q.npy", z)
+    helix = [sys.executable, "-m", "linalign.helix"]
+    server = subprocess.Popen(helix + ["serve", "--port=0", f"--port_file={tmp_path / 'port'}",
+                                       f"--head={tmp_path / 'head.npz'}", "--max_connections=1",
+                                       "--max_seconds=300"], env=env, cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if (tmp_path / "port").exists() or server.poll() is not None:
+                break
+            time.sleep(0.2)
+        q = subprocess.run(helix + ["query", f"--port={(tmp_path / 'port').read_text()}",
+                                    f"--map={tmp_path / 'fit'}", f"--embeddings={tmp_path / 'q.npy'}",
+                                    f"--out={tmp_path / 's.npy'}"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+        assert q.returncode == 0, q.stderr[-3000:]
+    finally:
+        server.kill()
+    want = np.asarray(amap(z), np.float64) @ v + np.load(tmp_path / "head.npz")["c_k"]
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), want, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.slow
