@@ -1,18 +1,26 @@
-"""AffineMap: the fitted z_a ~ z_b W + b, its provenance, and an atomic on-disk format.
+"""AffineMap: the fitted z_a ~ z_b W + b, its provenance, and its one on-disk format.
 
-On-disk layout of a saved map directory::
+A saved map is a single safetensors file (conventionally ``map.safetensors``, beside
+report.json / report.md in a fit's output folder):
 
-    params/          orbax checkpoint of {"W": [d_b, d_a], "b": [d_a]}
-    metadata.json    MapMetadata as JSON (format version, models, dims, lambda, ...)
+  tensors       W [d_b, d_a], b [d_a]  (float32 normally; ``metadata["dtype"]`` records the
+                dtype the map was solved in)
+  __metadata__  {"format": "linalign.affine_map", "format_version": "1",
+                 "metadata": <JSON of MapMetadata>}
 
-``save`` writes everything under a hidden temporary sibling directory and renames it into place
-with ``os.replace``, so an interrupted save leaves either the old map or nothing.
+It is readable without linalign: ``safetensors.numpy.load_file(path)`` gives W and b and
+``safetensors.safe_open(path, "np").metadata()`` the header. Writes go through
+``linalign.atomic`` (temporary name, then rename). Maps saved by linalign <= 0.1 as an orbax
+folder (params/ + metadata.json) are refused with a message naming the converter
+``python -m linalign.align.convert_map OLD_DIR NEW_FILE``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import math
 import os
 import pathlib
 from typing import Any, Optional, Union
@@ -22,60 +30,96 @@ import jax.numpy as jnp
 import numpy as np
 
 from linalign.align.validate import AlignInputError, check_matrix
-from linalign.atomic import atomic_dir, atomic_write_json
+from linalign.atomic import atomic_write
 
-FORMAT_VERSION = 1
-METADATA = "metadata.json"
-PARAMS = "params"
+FORMAT = "linalign.affine_map"
+FORMAT_VERSION = "1"
+MAP_FILE = "map.safetensors"
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 PathLike = Union[str, os.PathLike]
 
+CONVERT_HINT = ("maps are now one safetensors file (W, b and a JSON metadata header, format "
+                f"{FORMAT!r} version {FORMAT_VERSION}); convert this one with "
+                "`python -m linalign.align.convert_map OLD_DIR NEW_FILE`")
+
 
 class MapFormatError(ValueError):
-    """A saved map directory is missing, corrupt, or of an unknown format version."""
+    """A saved map is missing pieces, truncated, corrupt, inconsistent, or of an old format."""
 
 
-@dataclasses.dataclass(frozen=True)
+def _version() -> str:
+    import linalign
+
+    return linalign.__version__
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclasses.dataclass
 class MapMetadata:
-    """Provenance of a fitted map.
+    """Provenance of a fitted map (stored as JSON in the safetensors header).
 
     Attributes:
       d_b: source width; d_a: target width.
       source_model / target_model: names of the models whose embeddings were aligned.
-      lam: ridge strength used (on the scale of C_bb, a sum over rows).
-      pooling: how per-token states were pooled ("mean", "last", ...), or "" if unknown.
+      source_fingerprint / target_fingerprint: identity of the embeddings (store text/model
+        fingerprints or array hashes).
+      pooling: how per-token states were pooled ("mean", "last", ...), "per_token", or "".
+      layer: hidden layer the states came from (None: the final one).
+      lam: absolute ridge strength used (on the scale of C_bb, a sum over rows).
+      lam_spec: what was asked ("auto", "1e-4", "rel:1e-3", ...).
+      lam_selection: how lam was obtained ("kfold-5", "gcv", "fixed", "fixed-relative").
       n: training rows.
-      data_fingerprint: identity of the fitting data (text fingerprint or array hash).
-      format_version: on-disk format version.
-      extra: free-form JSON-serialisable details (selection scores, R^2, ...).
+      heldout: {"r2", "cosine"} on held-out rows, or None.
+      dtype: dtype the map was solved in ("float64" for every solve since format 1).
+      scale: "none" or "std" (per-dimension source scaling used in the fit, undone in W).
+      data_fingerprint: identity of the fitting data as a whole (optional).
+      linalign_version, created: writer version and UTC ISO time (set on save when empty).
+      extra: free-form JSON-serialisable details (lambda grid and scores, training R^2, ...).
     """
 
     d_b: int
     d_a: int
     source_model: str = ""
     target_model: str = ""
-    lam: float = 0.0
+    source_fingerprint: str = ""
+    target_fingerprint: str = ""
     pooling: str = ""
+    layer: Optional[int] = None
+    lam: float = 0.0
+    lam_spec: str = ""
+    lam_selection: str = ""
     n: int = 0
+    heldout: Optional[dict] = None
+    dtype: str = "float64"
+    scale: str = "none"
     data_fingerprint: str = ""
-    format_version: int = FORMAT_VERSION
+    linalign_version: str = ""
+    created: str = ""
     extra: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "MapMetadata":
+    def from_json(cls, d: Any) -> "MapMetadata":
+        if not isinstance(d, dict):
+            raise MapFormatError(f"map metadata must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        missing = [k for k in ("d_b", "d_a", "format_version") if k not in d]
-        if unknown or missing:
-            raise MapFormatError(f"map metadata has unknown keys {unknown} / lacks {missing}")
-        if d["format_version"] != FORMAT_VERSION:
-            raise MapFormatError(f"map format version {d['format_version']} is not supported "
-                                 f"(this linalign reads version {FORMAT_VERSION})")
-        return cls(**d)
+        missing = [k for k in ("d_b", "d_a") if k not in d]
+        if missing:
+            raise MapFormatError(f"map metadata lacks {missing}")
+        # Unknown keys from a newer writer are kept in ``extra`` rather than refused.
+        known = {k: v for k, v in d.items() if k in names}
+        extra = dict(known.pop("extra", None) or {})
+        extra.update({k: v for k, v in d.items() if k not in names})
+        try:
+            return cls(**known, extra=extra)
+        except TypeError as e:
+            raise MapFormatError(f"map metadata is malformed: {e}") from None
 
 
 @jax.jit
@@ -114,8 +158,9 @@ class AffineMap:
     """
 
     def __init__(self, w, b, metadata: Optional[MapMetadata] = None):
-        w = jnp.asarray(w)
-        b = jnp.asarray(b)
+        # Stored and applied in float32 (the solve itself is float64; metadata.dtype says so).
+        w = jnp.asarray(np.asarray(w, np.float32))
+        b = jnp.asarray(np.asarray(b, np.float32))
         if w.ndim != 2 or b.shape != (w.shape[1],):
             raise AlignInputError(f"AffineMap needs W [d_b, d_a] and b [d_a], got {w.shape}, {b.shape}")
         if metadata is None:
@@ -169,61 +214,143 @@ class AffineMap:
         return {"r2": float(r2), "cosine": float(cos)}
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: PathLike, overwrite: bool = False) -> pathlib.Path:
-        """Writes the map to ``directory`` atomically (temp dir + rename).
+    def save(self, path: PathLike, overwrite: bool = False) -> pathlib.Path:
+        """Writes the map as one safetensors file, atomically.
+
+        Args:
+          path: the file (``*.safetensors``); any other path is taken as a directory (created
+            if needed) to hold ``map.safetensors``.
+          overwrite: replace an existing file.
+
+        Returns:
+          the file written.
 
         Raises:
-          FileExistsError: ``directory`` exists and ``overwrite`` is False.
+          FileExistsError: the file exists and ``overwrite`` is False.
         """
-        import orbax.checkpoint as ocp  # lazy: orbax is slow to import
+        from safetensors.numpy import save as st_save
 
-        target = pathlib.Path(directory).absolute()
+        target = pathlib.Path(path).absolute()
+        if target.is_dir() or target.suffix != ".safetensors":
+            target = target / MAP_FILE
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-        with atomic_dir(target, replace=True) as tmp:
-            params = {"W": np.asarray(self.w), "b": np.asarray(self.b)}
-            ckptr = ocp.PyTreeCheckpointer()
-            ckptr.save(tmp / PARAMS, params)
-            atomic_write_json(tmp / METADATA, self.metadata.to_json())
+        meta = self.metadata
+        if not meta.linalign_version:
+            meta.linalign_version = _version()
+        if not meta.created:
+            meta.created = _now()
+        header = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                  "metadata": json.dumps(_jsonable(meta.to_json()), sort_keys=True,
+                                         allow_nan=False)}
+        data = st_save({"W": np.ascontiguousarray(np.asarray(self.w)),
+                        "b": np.ascontiguousarray(np.asarray(self.b))}, metadata=header)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, data)
         return target
 
     @classmethod
-    def load(cls, directory: PathLike) -> "AffineMap":
+    def load(cls, path: PathLike) -> "AffineMap":
         """Loads a map written by ``save``.
 
-        Raises:
-          FileNotFoundError: no such directory / missing files.
-          MapFormatError: corrupt metadata or params, or shapes that disagree with metadata.
-        """
-        import orbax.checkpoint as ocp
+        Args:
+          path: the ``.safetensors`` file, or a directory holding ``map.safetensors``.
 
-        path = pathlib.Path(directory).absolute()
-        if not path.is_dir():
-            raise FileNotFoundError(f"no saved map at {path}")
-        for part in (METADATA, PARAMS):
-            if not (path / part).exists():
-                raise FileNotFoundError(f"{path} is not a saved map: {part} is missing")
+        Raises:
+          FileNotFoundError: nothing there.
+          MapFormatError: truncated or corrupt file, arrays that do not match the metadata, or
+            an old orbax map directory (the message names the converter).
+        """
+        p = pathlib.Path(path).absolute()
+        if p.is_dir():
+            if (p / MAP_FILE).is_file():
+                p = p / MAP_FILE
+            elif (p / "params").is_dir() and (p / "metadata.json").is_file():
+                raise MapFormatError(f"{p} is a map in the old orbax layout; {CONVERT_HINT}")
+            elif (p / "map").is_dir():
+                raise MapFormatError(f"{p / 'map'} is a map in the old orbax layout; {CONVERT_HINT}")
+            else:
+                raise FileNotFoundError(f"no saved map in {p} (expected {MAP_FILE})")
+        elif not p.is_file():
+            raise FileNotFoundError(f"no saved map at {p}")
+        tensors, header = read_map_file(p)
         try:
-            with open(path / METADATA) as f:
-                meta = MapMetadata.from_json(json.load(f))
+            meta = MapMetadata.from_json(json.loads(header["metadata"]))
         except (json.JSONDecodeError, TypeError) as e:
-            raise MapFormatError(f"{path / METADATA} is corrupt: {e}") from None
-        try:
-            restored = ocp.PyTreeCheckpointer().restore(path / PARAMS)
-        except Exception as e:  # orbax raises many types for a damaged checkpoint
-            raise MapFormatError(f"{path / PARAMS} cannot be restored: {type(e).__name__}: {e}") from None
-        if not isinstance(restored, dict) or set(restored) != {"W", "b"}:
-            raise MapFormatError(f"{path / PARAMS} does not hold W and b")
-        w, b = np.asarray(restored["W"]), np.asarray(restored["b"])
+            raise MapFormatError(f"{p}: the metadata JSON in its header is corrupt: {e}") from None
+        w, b = tensors["W"], tensors["b"]
         if w.shape != (meta.d_b, meta.d_a) or b.shape != (meta.d_a,):
-            raise MapFormatError(f"{path}: W {w.shape} / b {b.shape} disagree with metadata dims "
-                                 f"({meta.d_b}, {meta.d_a})")
+            raise MapFormatError(f"{p}: W {w.shape} / b {b.shape} do not match the metadata's "
+                                 f"d_b={meta.d_b}, d_a={meta.d_a}")
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+            raise MapFormatError(f"{p}: W or b contains non-finite values")
         return cls(w, b, meta)
 
     def __repr__(self) -> str:
         m = self.metadata
+        sel = f" ({m.lam_selection})" if m.lam_selection else ""
+        held = ""
+        if m.heldout:
+            held = (f", held-out R^2={m.heldout.get('r2', float('nan')):.4f}, "
+                    f"cosine={m.heldout.get('cosine', float('nan')):.4f}")
+        elif isinstance(m.extra, dict) and m.extra.get("cv_r2") is not None:
+            held = f", cv R^2={m.extra['cv_r2']:.4f}"
         return (f"AffineMap({m.source_model or '?'} [{self.d_b}] -> {m.target_model or '?'} "
-                f"[{self.d_a}], lam={m.lam:g}, n={m.n})")
+                f"[{self.d_a}], lam={m.lam:.4g}{sel}, n={m.n}{held})")
+
+
+def _jsonable(x):
+    """Metadata made strict-JSON: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
+
+
+def read_map_file(path: PathLike) -> tuple[dict, dict]:
+    """(tensors {"W", "b"} as numpy, header metadata) of a map file, checked.
+
+    Raises:
+      MapFormatError: not a safetensors file, truncated, wrong format name/version, missing or
+        extra tensors.
+    """
+    from safetensors.numpy import load as st_load
+
+    p = pathlib.Path(path)
+    raw = p.read_bytes()
+    try:
+        tensors = st_load(raw)
+        header = _header(raw)
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        raise MapFormatError(f"{p} is not a readable map file (truncated or corrupt: "
+                             f"{type(e).__name__}: {e})") from None
+    if header.get("format") != FORMAT:
+        raise MapFormatError(f"{p} is a safetensors file but not a linalign map "
+                             f"(format {header.get('format')!r}, expected {FORMAT!r})")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise MapFormatError(f"{p}: map format version {header.get('format_version')!r} is not "
+                             f"supported (this linalign reads version {FORMAT_VERSION})")
+    if set(tensors) != {"W", "b"} or "metadata" not in header:
+        raise MapFormatError(f"{p} must hold tensors W and b and a metadata header, got "
+                             f"tensors {sorted(tensors)}")
+    return tensors, header
+
+
+def _header(raw: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors byte string (8-byte length + JSON header)."""
+    if len(raw) < 8:
+        raise ValueError("file shorter than the safetensors length prefix")
+    size = int.from_bytes(raw[:8], "little")
+    if size > len(raw) - 8:
+        raise ValueError(f"header of {size} bytes runs past the end of the file")
+    return json.loads(raw[8:8 + size]).get("__metadata__") or {}
 
 
 def array_fingerprint(*arrays: Any) -> str:

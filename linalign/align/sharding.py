@@ -3,7 +3,7 @@
 Fitting code names logical axes only ("batch", "feat_b", "feat_a"); one ``ShardingRules``
 object decides which mesh axis (if any) each of them is split over. A rule set that would put
 two logical axes of the same array on the same mesh axis is refused, because XLA would
-otherwise silently replicate one of them.
+otherwise silently replicate one of them. Meshes themselves come from ``linalign.mesh.make_mesh``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence, Union
 
-import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # Logical axes of the accumulation problem.
@@ -78,43 +77,3 @@ class ShardingRules:
 
     def sharding(self, mesh: Mesh, logical_axes: Sequence[Optional[str]]) -> NamedSharding:
         return NamedSharding(mesh, self.spec(logical_axes, mesh))
-
-
-def parse_mesh(spec: str, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-    """Builds a mesh from a string such as "data=8" or "data=4,model=2".
-
-    Args:
-      spec: comma-separated ``name=size`` pairs; the sizes must multiply to the device count
-        used (the first prod(sizes) devices of ``devices`` or ``jax.devices()``).
-      devices: devices to lay out; default all.
-
-    Raises:
-      ValueError: malformed spec or not enough devices.
-    """
-    names, sizes = [], []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" not in part:
-            raise ValueError(f"mesh spec {spec!r}: expected name=size pairs like 'data=4,model=2'")
-        k, v = part.split("=", 1)
-        k = k.strip()
-        try:
-            size = int(v)
-        except ValueError:
-            raise ValueError(f"mesh spec {spec!r}: size of axis {k!r} is not an integer") from None
-        if size <= 0 or not k or k in names:
-            raise ValueError(f"mesh spec {spec!r}: bad or repeated axis {k!r}={v!r}")
-        names.append(k)
-        sizes.append(size)
-    if not names:
-        raise ValueError(f"mesh spec {spec!r} names no axes")
-    devs = list(devices if devices is not None else jax.devices())
-    total = 1
-    for s in sizes:
-        total *= s
-    if total > len(devs):
-        raise ValueError(f"mesh spec {spec!r} needs {total} devices, only {len(devs)} available")
-    import numpy as np  # local: only for the reshape
-    return Mesh(np.asarray(devs[:total], dtype=object).reshape(sizes), tuple(names))

@@ -1,182 +1,183 @@
-"""Closed-form ridge solve from SufficientStats, and lambda selection over a grid.
+"""Closed-form ridge solve from sufficient statistics, in float64 on the host.
 
   W = (C_bb + lam I)^-1 C_ba          [d_b, d_a]
   b = mean_a - mean_b W               [d_a]   (the bias by centring; it is not penalised)
 
-Two methods: "cholesky" (one factorisation per lambda, fastest for a single lambda) and
-"eigh" (``RidgePath``: one eigendecomposition C_bb = V diag(s) V^T, then every lambda of a grid
-costs O(d_b d_a): W(lam) = V diag(1/(s + lam)) V^T C_ba).
+The d_b x d_b system is small next to the data (d_b <= 8192), so it is always solved in
+float64 with numpy/LAPACK on the host, whatever dtype the statistics were accumulated in. Real
+models have a few "massive activation" dimensions hundreds to thousands of times larger than
+the rest; their C_bb has a condition number far beyond float32, but its entries are accurate to
+float32 precision each, and a Jacobi-scaled (unit-diagonal) float64 Cholesky solves it at the
+paper's lambda = 1e-4 (tests/align/test_massive.py).
 
-Refusing garbage: with lam = 0 a rank-deficient C_bb (for example d_b >= n, where the centred
-data has rank at most n - 1) raises ``SingularSystemError``; so does any lambda for which
-C_bb + lam I is numerically singular in the working dtype, i.e. its smallest eigenvalue is
-below ``d_b * eps * largest`` (numpy's matrix_rank rule).
+Two methods: "cholesky" (one factorisation, fastest for a single lambda) and "eigh"
+(``RidgePath``: one eigendecomposition C_bb = V diag(s) V^T, then every lambda of a grid costs
+O(d_b d_a): W(lam) = V diag(1/(s + lam)) V^T C_ba).
 
-float32 error: the solve's relative error is about ``kappa * eps`` with
-kappa = (s_max + lam) / (s_min + lam) and eps = 1.19e-7 (the statistics themselves, being
-centred per batch, add only a few eps). ``RidgePath.error_bound(lam)`` returns
-``8 * kappa * eps``, the bound tests check against a float64 reference; see docs/notes/align.md.
+Optional per-dimension scaling (``scale``): the fit is done on z_b * scale (for example
+``stats.std_scale``: unit variance per dimension), then undone exactly, W = diag(scale) W',
+so the map applies to unscaled embeddings. It changes what the ridge penalises (each
+dimension's variance no longer sets its share), not the predictions at lam = 0.
+
+Refusing garbage (``SingularSystemError``):
+  * lam = 0 with d_b > n - 1: the centred data has rank at most n - 1, C_bb is singular;
+  * the Jacobi-scaled C_bb + lam I is numerically singular: its Cholesky fails or
+    (max L_ii / min L_ii)^2, a lower bound on its condition number, exceeds 1 / (d_b * eps).
+    eps is float64's for lam > 0, and the accumulation dtype's for lam = 0 (then nothing but
+    the statistics' own digits tells the null space from the signal).
+The message suggests a relative lambda that works ("rel:F", F * trace(C_bb)/d_b) and, when the
+statistics were float32, float64 accumulation; never a lambda that swamps the data.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
+from absl import logging
 
-from linalign.align.stats import SufficientStats, from_arrays
+from linalign.align.stats import HostStats, scale_source, to_host64
 from linalign.align.validate import AlignInputError, check_pair
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 METHODS = ("cholesky", "eigh")
 ERROR_BOUND_FACTOR = 8.0
+EPS64 = float(np.finfo(np.float64).eps)
 
 
 class SingularSystemError(ValueError):
-    """C_bb + lam I is singular (or numerically so) in the working precision."""
+    """C_bb + lam I is singular (or numerically so)."""
 
 
-def _check_stats(stats: SufficientStats, lam: float) -> None:
-    n = int(stats.n)
+def _check_stats(h: HostStats, lam: float) -> None:
+    n = int(h.n)
     if n < 2:
         raise AlignInputError(f"need at least 2 rows to fit a centred map, got n={n}")
-    if not np.isfinite(lam) or lam < 0:
+    if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lam must be a finite non-negative number, got {lam!r}")
-    if lam == 0 and stats.d_b > n - 1:
+    if lam == 0 and h.d_b > n - 1:
         raise SingularSystemError(
-            f"lam=0 with d_b={stats.d_b} > n-1={n - 1}: the centred source data has rank at most "
-            f"{n - 1}, so C_bb is singular; use a ridge lam > 0 (or more rows)")
+            f"lam=0 with d_b={h.d_b} > n-1={n - 1}: the centred source data has rank at most "
+            f"{n - 1}, so C_bb is singular. Use a small relative ridge, e.g. lam='rel:1e-6' "
+            "(1e-6 of C_bb's mean eigenvalue: it only settles the null space), or more rows")
 
 
-def _rank_tol(d: int, dtype) -> float:
-    return d * float(jnp.finfo(dtype).eps)
+def _tol_eps(h: HostStats, lam: float) -> float:
+    return float(np.finfo(h.acc_dtype).eps) if lam == 0 else EPS64
 
 
-def _singular_msg(lam, s_min, s_max, d, dtype) -> str:
-    tol = _rank_tol(d, dtype)
-    return (f"C_bb + lam*I is numerically singular in {jnp.dtype(dtype).name} at lam={lam:g}: "
-            f"its eigenvalues span [{s_min:.3g}, {s_max:.3g}] (lam included), a ratio below "
-            f"d_b*eps={tol:.2g}, so the smallest directions are rounding noise. Use "
-            f"lam >= {10 * tol * s_max:.3g} (10 * d_b * eps * largest eigenvalue), or accumulate "
-            "in float64")
+def _advice(h: HostStats, lam: float) -> str:
+    # Smallest relative ridge that lifts the scaled spectrum above d_b * eps (the scaled
+    # matrix's largest eigenvalue is at most d_b): F = 10 * d_b^2 * eps, rounded up to a decade.
+    eps = _tol_eps(h, max(lam, 1e-300))
+    f = 10.0 ** math.ceil(math.log10(10 * h.d_b ** 2 * eps))
+    msg = f"use a relative ridge lam='rel:{f:g}' ({f:g} of C_bb's mean eigenvalue)"
+    if h.acc_dtype != "float64":
+        msg += ", or accumulate the statistics in float64 (dtype='float64')"
+    return msg
 
 
-@jax.jit
-def _chol_solve(c_bb, c_ba, mean_b, mean_a, lam):
-    d = c_bb.shape[0]
-    a = c_bb + lam * jnp.eye(d, dtype=c_bb.dtype)
-    chol = jnp.linalg.cholesky(a)
-    w = jax.scipy.linalg.cho_solve((chol, True), c_ba)
-    b = mean_a - jnp.dot(mean_b, w, precision=_HIGHEST)
-    return w, b, jnp.diagonal(chol)
+def _scaled_factor(h: HostStats, lam: float):
+    """Cholesky of the unit-diagonal C_bb + lam I; (factor, d) with A = D F F^T D, D = diag(d)."""
+    a = h.c_bb + lam * np.eye(h.d_b)
+    diag = np.diag(a).copy()
+    if np.any(diag <= 0):
+        j = int(np.flatnonzero(diag <= 0)[0])
+        raise SingularSystemError(
+            f"C_bb + lam*I is singular at lam={lam:g}: source dimension {j} is constant over the "
+            f"rows; {_advice(h, lam)}")
+    d = np.sqrt(diag)
+    a /= d[:, None]
+    a /= d[None, :]
+    try:
+        # numpy's LAPACK: scipy's bundled potrf measured 2.9 s against numpy's 0.04 s for
+        # d = 768 on the 2-core development machine.
+        chol = np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        raise SingularSystemError(
+            f"C_bb + lam*I is not positive definite at lam={lam:g} (float64 Cholesky failed); "
+            f"{_advice(h, lam)}") from None
+    ld = np.abs(np.diag(chol))
+    eps = _tol_eps(h, lam)
+    lb = (ld.max() / ld.min()) ** 2 if ld.min() > 0 else math.inf
+    if lam == 0 and lb * h.d_b * eps <= 1:
+        # Unregularised: the Cholesky bound can miss a null space hidden in rounding noise,
+        # so take the exact condition number of the scaled matrix (same O(d^3) as the factor).
+        ev = np.linalg.eigvalsh(a)
+        lb = ev[-1] / ev[0] if ev[0] > 0 else math.inf
+    if lb * h.d_b * eps > 1:
+        raise SingularSystemError(
+            f"C_bb + lam*I is numerically singular at lam={lam:g}: its scaled condition number "
+            f"is >= {lb:.3g}, beyond 1/(d_b*eps)={1 / (h.d_b * eps):.3g} for "
+            f"{'statistics accumulated in ' + h.acc_dtype if lam == 0 else 'float64'}; "
+            f"{_advice(h, lam)}")
+    if h.acc_dtype != "float64" and lb * h.d_b * float(np.finfo(h.acc_dtype).eps) > 1:
+        logging.warning("lam=%g: scaled condition number >= %.3g exceeds 1/(d_b*eps) of the %s "
+                        "statistics; the map is solved in float64 but its smallest directions "
+                        "carry few digits (accumulate in float64 for more)", lam, lb, h.acc_dtype)
+    return chol, d
 
 
-def solve(stats: SufficientStats, lam: float, method: str = "cholesky"):
-    """Ridge solve W = (C_bb + lam I)^-1 C_ba, b = mean_a - mean_b W.
+def _chol_solve(chol: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """(L L^T)^-1 rhs by two triangular solves."""
+    y = scipy.linalg.solve_triangular(chol, rhs, lower=True, check_finite=False)
+    return scipy.linalg.solve_triangular(chol.T, y, lower=False, check_finite=False)
+
+
+def solve(stats, lam: float, method: str = "cholesky", scale=None):
+    """Ridge solve W = (C_bb + lam I)^-1 C_ba, b = mean_a - mean_b W, in float64 on the host.
 
     Args:
-      stats: accumulated SufficientStats (float32 or float64).
-      lam: ridge strength >= 0, on the scale of C_bb (a sum over rows, not an average).
+      stats: SufficientStats (any accumulation dtype, any sharding) or HostStats.
+      lam: ridge strength >= 0, on the scale of C_bb (a sum over rows, not an average); with
+        ``scale``, on the scale of the scaled C_bb.
       method: "cholesky" or "eigh".
+      scale: optional [d_b] per-dimension source scaling, undone exactly in W and b.
 
     Returns:
-      (W [d_b, d_a], b [d_a]) in the stats' dtype.
+      (W [d_b, d_a], b [d_a]) float64 numpy arrays.
 
     Raises:
-      SingularSystemError: lam = 0 with a rank-deficient C_bb, or C_bb + lam I numerically
-        singular in the working dtype.
+      SingularSystemError: see the module docstring.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     lam = float(lam)
-    _check_stats(stats, lam)
-    if method == "eigh" or lam == 0:
-        # lam = 0 always goes through the eigenvalues: the rank check must be reliable there.
-        path = RidgePath(stats)
-        if method == "eigh":
-            return path.solve(lam)
-        path.check(lam)
-    w, b, diag = _chol_solve(stats.c_bb, stats.c_ba, stats.mean_b, stats.mean_a,
-                             jnp.asarray(lam, stats.dtype))
-    diag = np.asarray(diag)
-    # (max L_ii / min L_ii)^2 is a lower bound on the condition number: cheap and catches the
-    # cases Cholesky "succeeds" on a matrix that is singular to working precision.
-    if not np.all(np.isfinite(diag)) or np.min(diag) <= 0:
-        raise SingularSystemError(
-            f"Cholesky of C_bb + lam*I failed at lam={lam:g} (not positive definite in "
-            f"{jnp.dtype(stats.dtype).name}); increase lam")
-    lb = (np.max(diag) / np.min(diag)) ** 2
-    if lb * _rank_tol(stats.d_b, stats.dtype) > 1:
-        # The trace bounds the largest eigenvalue from above, so the suggested lam suffices.
-        s_max = float(jnp.trace(stats.c_bb)) + lam
-        raise SingularSystemError(
-            f"C_bb + lam*I is numerically singular in {jnp.dtype(stats.dtype).name} at "
-            f"lam={lam:g}: condition number >= {lb:.3g} exceeds 1/(d_b*eps)="
-            f"{1 / _rank_tol(stats.d_b, stats.dtype):.3g}. Use lam >= "
-            f"{10 * _rank_tol(stats.d_b, stats.dtype) * s_max:.3g}, or accumulate in float64")
-    if not (np.all(np.isfinite(np.asarray(w))) and np.all(np.isfinite(np.asarray(b)))):
+    h0 = to_host64(stats)
+    h = h0 if scale is None else scale_source(h0, scale)
+    _check_stats(h, lam)
+    if method == "eigh":
+        w = RidgePath(h).weights(lam)
+    else:
+        chol, d = _scaled_factor(h, lam)
+        w = _chol_solve(chol, h.c_ba / d[:, None]) / d[:, None]
+    if scale is not None:
+        w = w * np.asarray(scale, np.float64).reshape(-1)[:, None]
+    b = h0.mean_a - h0.mean_b @ w
+    if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
         raise SingularSystemError(f"ridge solve produced non-finite values at lam={lam:g}")
     return w, b
 
 
-@jax.jit
-def _eigh_parts(c_bb, c_ba):
-    s, v = jnp.linalg.eigh(c_bb)
-    # Rounding can make the smallest eigenvalues of a PSD matrix slightly negative.
-    s = jnp.maximum(s, 0)
-    g = jnp.dot(v.T, c_ba, precision=_HIGHEST)
-    return s, v, g
-
-
-@jax.jit
-def _path_weights(s, v, g, mean_b, mean_a, lam):
-    w = jnp.dot(v, g / (s + lam)[:, None], precision=_HIGHEST)
-    return w, mean_a - jnp.dot(mean_b, w, precision=_HIGHEST)
-
-
-@jax.jit
-def _path_rss(s, g, ss_a, lams):
-    g2 = jnp.sum(g * g, axis=1)                                       # [d_b]
-    sl = s[None, :] + lams[:, None]                                   # [L, d_b]
-    explained = jnp.sum((s[None, :] + 2 * lams[:, None]) / sl**2 * g2[None, :], axis=1)
-    df = jnp.sum(s[None, :] / sl, axis=1)
-    return jnp.sum(ss_a) - explained, df
-
-
-@jax.jit
-def _val_moments(v, g, mean_b, mean_a, z_b, z_a):
-    p = jnp.dot(z_b - mean_b, v, precision=_HIGHEST)                  # [n, d_b] eigen-coords
-    y = z_a - mean_a                                                  # [n, d_a]
-    q = jnp.sum(jnp.dot(p.T, y, precision=_HIGHEST) * g, axis=1)      # [d_b]  <P^T Y, G>_row
-    k = jnp.dot(p.T, p, precision=_HIGHEST) * jnp.dot(g, g.T, precision=_HIGHEST)  # [d_b, d_b]
-    return jnp.sum(y * y), q, k
-
-
-@jax.jit
-def _val_sse(s, yy, q, k, lams):
-    def one(lam):
-        dinv = 1.0 / (s + lam)
-        return yy - 2 * jnp.dot(dinv, q) + jnp.dot(dinv, jnp.dot(k, dinv, precision=_HIGHEST))
-    return jax.lax.map(one, lams)
-
-
 class RidgePath:
-    """One eigendecomposition of C_bb, reused for a whole grid of ridge strengths.
+    """One float64 eigendecomposition of C_bb, reused for a whole grid of ridge strengths.
 
     Args:
-      stats: SufficientStats (n >= 2).
+      stats: SufficientStats or HostStats (n >= 2).
     """
 
-    def __init__(self, stats: SufficientStats):
-        _check_stats(stats, 1.0)
-        self.stats = stats
-        self.s, self.v, self.g = _eigh_parts(stats.c_bb, stats.c_ba)
-        s_np = np.asarray(self.s)
-        self.s_min, self.s_max = float(s_np[0]), float(s_np[-1])
-        self.d_b = stats.d_b
-        self.dtype = stats.dtype
+    def __init__(self, stats):
+        h = to_host64(stats)
+        _check_stats(h, 1.0)
+        self.stats = h
+        s, self.v = np.linalg.eigh(h.c_bb)
+        # Rounding can make the smallest eigenvalues of a PSD matrix slightly negative.
+        self.s = np.maximum(s, 0)
+        self.g = self.v.T @ h.c_ba                                    # [d_b, d_a]
+        self.s_min, self.s_max = float(self.s[0]), float(self.s[-1])
+        self.d_b = h.d_b
+        self.dtype = np.dtype(np.float64)
 
     def condition(self, lam: float) -> float:
         """kappa = (s_max + lam) / (s_min + lam) (inf if singular)."""
@@ -184,23 +185,28 @@ class RidgePath:
         return float("inf") if den <= 0 else (self.s_max + lam) / den
 
     def error_bound(self, lam: float) -> float:
-        """Relative Frobenius error bound of W in the working dtype: 8 * kappa * eps."""
-        return ERROR_BOUND_FACTOR * self.condition(lam) * float(jnp.finfo(self.dtype).eps)
+        """Relative error bound of W from the float64 solve alone: 8 * kappa * eps64."""
+        return ERROR_BOUND_FACTOR * self.condition(lam) * EPS64
 
     def ok(self, lam: float) -> bool:
-        return self.s_min + lam > (self.s_max + lam) * _rank_tol(self.d_b, self.dtype)
+        return self.s_min + lam > (self.s_max + lam) * self.d_b * _tol_eps(self.stats, lam)
 
     def check(self, lam: float) -> None:
         _check_stats(self.stats, float(lam))
         if not self.ok(lam):
-            raise SingularSystemError(_singular_msg(lam, self.s_min + lam, self.s_max + lam,
-                                                    self.d_b, self.dtype))
+            raise SingularSystemError(
+                f"C_bb + lam*I is numerically singular at lam={lam:g}: its eigenvalues span "
+                f"[{self.s_min + lam:.3g}, {self.s_max + lam:.3g}]; {_advice(self.stats, lam)}")
+
+    def weights(self, lam: float) -> np.ndarray:
+        """W [d_b, d_a] at ``lam`` (float64); raises SingularSystemError if singular."""
+        self.check(lam)
+        return self.v @ (self.g / (self.s + lam)[:, None])
 
     def solve(self, lam: float):
-        """(W [d_b, d_a], b [d_a]) at ``lam``; raises SingularSystemError if singular."""
-        self.check(lam)
-        return _path_weights(self.s, self.v, self.g, self.stats.mean_b, self.stats.mean_a,
-                             jnp.asarray(lam, self.dtype))
+        """(W [d_b, d_a], b [d_a]) float64 at ``lam``."""
+        w = self.weights(lam)
+        return w, self.stats.mean_a - self.stats.mean_b @ w
 
     def _grid(self, grid: Sequence[float]) -> np.ndarray:
         g = np.asarray(grid, np.float64).reshape(-1)
@@ -208,124 +214,149 @@ class RidgePath:
             raise ValueError(f"lambda grid must be non-empty, finite and >= 0, got {grid!r}")
         return g
 
+    def _bad(self, g: np.ndarray) -> np.ndarray:
+        return np.array([not self.ok(x) for x in g])
+
+    def _rss_df(self, g: np.ndarray):
+        g2 = np.sum(self.g * self.g, axis=1)                          # [d_b]
+        sl = self.s[None, :] + g[:, None]                             # [L, d_b]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            explained = np.sum((self.s[None, :] + 2 * g[:, None]) / sl ** 2 * g2[None, :], axis=1)
+            df = np.sum(self.s[None, :] / sl, axis=1)
+        return np.sum(self.stats.ss_a) - explained, df
+
     def train_rss(self, grid: Sequence[float]) -> np.ndarray:
         """Training residual sum of squares (all outputs) per lambda, from the statistics."""
-        g = self._grid(grid)
-        rss, _ = _path_rss(self.s, self.g, self.stats.ss_a, jnp.asarray(g, self.dtype))
-        return np.asarray(rss, np.float64)
+        return self._rss_df(self._grid(grid))[0]
 
     def gcv(self, grid: Sequence[float]) -> np.ndarray:
         """Generalized cross-validation score per lambda (lower is better).
 
         GCV(lam) = n * RSS(lam) / (n - 1 - df(lam))^2 with df = sum_i s_i / (s_i + lam) (the
-        extra 1 is the intercept). Numerically singular lambdas score +inf.
+        extra 1 is the intercept). Numerically singular lambdas score +inf. The lambda policy
+        never uses it when n <= d_b (``linalign.align.lambdas``).
         """
         g = self._grid(grid)
-        if not np.all(np.isfinite(np.asarray(self.stats.ss_a))):
+        if not np.all(np.isfinite(self.stats.ss_a)):
             raise ValueError("GCV needs the target sum of squares (ss_a), which these stats lack")
-        rss, df = _path_rss(self.s, self.g, self.stats.ss_a, jnp.asarray(g, self.dtype))
+        rss, df = self._rss_df(g)
         n = float(self.stats.n)
-        den = (n - 1 - np.asarray(df, np.float64)) ** 2
-        score = n * np.asarray(rss, np.float64) / np.maximum(den, 1e-300)
-        bad = np.array([not self.ok(x) for x in g]) | (np.asarray(df) >= n - 1)
-        return np.where(bad, np.inf, score)
+        score = n * rss / np.maximum((n - 1 - df) ** 2, 1e-300)
+        return np.where(self._bad(g) | (df >= n - 1), np.inf, score)
+
+    def val_sse(self, val, grid: Sequence[float]) -> np.ndarray:
+        """Squared error (summed over rows and outputs) on held-out rows, from their statistics.
+
+        With the held-out rows' own moments (n_v, means m_b, m_a, C_bb^v, C_ba^v, C_aa^v) and
+        the map W (centred on this path's training means mu_b, mu_a), each residual is
+        (y~ - x~ W) + delta, x~, y~ centred on the held-out means and
+        delta = (m_a - mu_a) - (m_b - mu_b) W; the cross terms vanish, so
+
+          SSE = tr(C_aa^v) - 2 tr(W^T C_ba^v) + tr(W^T C_bb^v W) + n_v ||delta||^2.
+
+        In the eigenbasis W = V D G (D = diag(1/(s + lam)), G = V^T C_ba), with
+        H = V^T C_ba^v, K = V^T C_bb^v V, p = V^T (m_b - mu_b), e = m_a - mu_a:
+
+          SSE = tr(C_aa^v) + n_v |e|^2 - 2 d.q + d^T M d,   d = 1/(s + lam)
+          q = rowsum(G * H) + n_v p * (G e),   M = (K + n_v p p^T) * (G G^T)
+
+        so each lambda costs O(d_b^2) after O(d_b^3) per held-out set. Numerically singular
+        lambdas score +inf.
+
+        Args:
+          val: SufficientStats/HostStats of the held-out rows (needs ss_a).
+          grid: [L] lambdas.
+
+        Returns:
+          [L] float64 squared errors.
+        """
+        g = self._grid(grid)
+        v = to_host64(val)
+        if (v.d_b, v.d_a) != (self.d_b, self.stats.d_a):
+            raise AlignInputError(f"held-out statistics are [{v.d_b}, {v.d_a}], the path is "
+                                  f"[{self.d_b}, {self.stats.d_a}]")
+        if not np.all(np.isfinite(v.ss_a)):
+            raise ValueError("held-out statistics lack the target sum of squares (ss_a)")
+        nv = float(v.n)
+        e = v.mean_a - self.stats.mean_a
+        p = self.v.T @ (v.mean_b - self.stats.mean_b)
+        h = self.v.T @ v.c_ba
+        k = self.v.T @ v.c_bb @ self.v
+        q = np.sum(self.g * h, axis=1) + nv * p * (self.g @ e)
+        m = (k + nv * np.outer(p, p)) * (self.g @ self.g.T)
+        c0 = float(np.sum(v.ss_a)) + nv * float(e @ e)
+        dinv = 1.0 / (self.s[None, :] + g[:, None])                   # [L, d_b]
+        sse = c0 - 2 * dinv @ q + np.einsum("li,ij,lj->l", dinv, m, dinv)
+        return np.where(self._bad(g), np.inf, np.maximum(sse, 0))
 
     def val_mse(self, z_b_val, z_a_val, grid: Sequence[float]) -> np.ndarray:
-        """Held-out mean squared error (per element) for each lambda.
+        """Held-out mean squared error (per element) for each lambda, from held-out arrays."""
+        from linalign.align.folded import HostAccumulator
 
-        Uses moments of the held-out set in the eigenbasis, so the cost is two matmuls over the
-        held-out rows plus O(d_b^2) per lambda, instead of a full prediction per lambda.
-        Numerically singular lambdas score +inf.
-        """
-        g = self._grid(grid)
         z_b_val, z_a_val, _ = check_pair(z_b_val, z_a_val, d_b=self.d_b, d_a=self.stats.d_a)
-        yy, q, k = _val_moments(self.v, self.g, self.stats.mean_b, self.stats.mean_a,
-                                jnp.asarray(z_b_val, self.dtype), jnp.asarray(z_a_val, self.dtype))
-        sse = np.asarray(_val_sse(self.s, yy, q, k, jnp.asarray(g, self.dtype)), np.float64)
-        mse = np.maximum(sse, 0) / z_a_val.size
-        bad = np.array([not self.ok(x) for x in g])
-        return np.where(bad, np.inf, mse)
+        val = HostAccumulator(self.d_b, self.stats.d_a).add(z_b_val, z_a_val, _checked=True).stats
+        return self.val_sse(val, grid) / z_a_val.size
 
 
-def default_lambda_grid(stats: SufficientStats, num: int = 13, lo: float = 1e-6,
-                        hi: float = 1e2) -> np.ndarray:
+def default_lambda_grid(stats, num: int = 13, lo: float = 1e-6, hi: float = 1e2) -> np.ndarray:
     """Log-spaced lambdas scaled by the mean eigenvalue of C_bb (trace / d_b)."""
-    scale = float(jnp.trace(stats.c_bb)) / stats.d_b
-    return scale * np.logspace(np.log10(lo), np.log10(hi), num)
+    from linalign.align.lambdas import default_grid
+
+    return default_grid(stats, num, lo, hi)
 
 
-def select_lambda(stats_train: SufficientStats, z_b_val, z_a_val,
-                  grid: Sequence[float]) -> tuple[float, np.ndarray]:
-    """Picks the lambda with the lowest held-out MSE.
+def _best(grid, scores) -> tuple[float, np.ndarray]:
+    g = np.asarray(grid, np.float64).reshape(-1)
+    if not np.any(np.isfinite(scores)):
+        raise SingularSystemError(f"every lambda in {list(g)} is numerically singular")
+    return float(g[int(np.argmin(scores))]), scores
 
-    Args:
-      stats_train: statistics of the training rows only.
-      z_b_val: [n_val, d_b] held-out source embeddings.
-      z_a_val: [n_val, d_a] held-out target embeddings.
-      grid: candidate lambdas.
+
+def select_lambda(stats_train, z_b_val, z_a_val, grid: Sequence[float]) -> tuple[float, np.ndarray]:
+    """Picks the lambda with the lowest held-out MSE on held-out arrays.
 
     Returns:
       (best lambda, [len(grid)] held-out MSE per lambda).
     """
-    path = RidgePath(stats_train)
-    scores = path.val_mse(z_b_val, z_a_val, grid)
-    if not np.any(np.isfinite(scores)):
-        raise SingularSystemError(f"every lambda in {list(grid)} is numerically singular")
-    return float(np.asarray(grid, np.float64).reshape(-1)[int(np.argmin(scores))]), scores
+    return _best(grid, RidgePath(stats_train).val_mse(z_b_val, z_a_val, grid))
 
 
-def select_lambda_gcv(stats: SufficientStats, grid: Sequence[float]) -> tuple[float, np.ndarray]:
+def select_lambda_gcv(stats, grid: Sequence[float]) -> tuple[float, np.ndarray]:
     """Picks the lambda with the lowest GCV score; returns (best lambda, scores)."""
-    scores = RidgePath(stats).gcv(grid)
-    if not np.any(np.isfinite(scores)):
-        raise SingularSystemError(f"every lambda in {list(grid)} is numerically singular")
-    return float(np.asarray(grid, np.float64).reshape(-1)[int(np.argmin(scores))]), scores
+    return _best(grid, RidgePath(stats).gcv(grid))
 
 
-CV_FOLDS = 5
-
-
-def select_lambda_kfold(z_b_nd, z_a_nd, grid, k: int = CV_FOLDS, seed: int = 0):
-    """Ridge strength by k-fold cross-validation (held-out squared error summed over folds).
-
-    Each fold's map is fit on the other folds' rows (one eigendecomposition per fold, reused
-    for the whole grid through ``RidgePath.val_mse``).
+def select_lambda_kfold(fold_stats, grid: Sequence[float]) -> tuple[float, np.ndarray]:
+    """Ridge strength by exact k-fold CV from per-fold statistics (one eigh per fold).
 
     Args:
-      z_b_nd: [n, d_b] source rows; z_a_nd: [n, d_a] target rows.
+      fold_stats: k SufficientStats, one per fold (``FoldedAccumulator.fold_stats``).
       grid: candidate lambdas (absolute).
-      k: folds (at most n).
-      seed: fold assignment seed.
 
     Returns:
-      (best lambda, [len(grid)] summed held-out squared error per lambda).
+      (best lambda, [len(grid)] held-out squared error summed over folds).
     """
-    n = len(z_b_nd)
-    if n < 2 * k:
-        raise ValueError(f"{k}-fold cross-validation needs at least {2 * k} rows, got {n}")
-    folds = np.array_split(np.random.default_rng(seed).permutation(n), k)
-    sse = np.zeros(len(grid))
-    for f in folds:
-        keep = np.ones(n, bool)
-        keep[f] = False
-        path = RidgePath(from_arrays(z_b_nd[keep], z_a_nd[keep]))
-        sse += path.val_mse(z_b_nd[f], z_a_nd[f], grid) * z_a_nd[f].size
-    if not np.any(np.isfinite(sse)):
-        raise SingularSystemError(f"every lambda in {list(grid)} is numerically singular")
-    return float(np.asarray(grid, np.float64)[int(np.argmin(sse))]), sse
+    from linalign.align.lambdas import kfold_sse
+
+    return _best(grid, kfold_sse(fold_stats, grid).sum(axis=0))
 
 
-def train_r2(stats: SufficientStats, w, b=None) -> float:
+def train_r2(stats, w, b=None) -> float:
     """Training R^2 (pooled over outputs) of the map (W, b) on the rows behind ``stats``.
 
     Computed from the statistics, no pass over the data:
     RSS = tr(C_aa) - 2 tr(W^T C_ba) + tr(W^T C_bb W) + n ||b - (mean_a - mean_b W)||^2.
     ``b=None`` means the centred bias.
     """
-    w = jnp.asarray(w, stats.dtype)
-    tss = jnp.sum(stats.ss_a)
-    rss = tss - 2 * jnp.sum(w * stats.c_ba) + jnp.sum(w * jnp.dot(stats.c_bb, w, precision=_HIGHEST))
+    h = to_host64(stats)
+    w = np.asarray(w, np.float64)
+    tss = float(np.sum(h.ss_a))
+    rss = tss - 2 * float(np.sum(w * h.c_ba)) + float(np.sum(w * (h.c_bb @ w)))
     if b is not None:
-        off = jnp.asarray(b, stats.dtype) - (stats.mean_a - jnp.dot(stats.mean_b, w, precision=_HIGHEST))
-        rss = rss + stats.n.astype(stats.dtype) * jnp.sum(off * off)
-    return float(1 - rss / tss)
+        off = np.asarray(b, np.float64) - (h.mean_a - h.mean_b @ w)
+        rss += float(h.n) * float(off @ off)
+    return 1 - rss / tss
+
+
+__all__ = ["SingularSystemError", "solve", "RidgePath", "default_lambda_grid", "select_lambda",
+           "select_lambda_gcv", "select_lambda_kfold", "train_r2"]

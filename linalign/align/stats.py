@@ -30,6 +30,7 @@ can be split over a ``model`` axis so each device holds only its slice of the ac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Optional
 
@@ -131,7 +132,22 @@ def init_stats(d_b: int, d_a: int, dtype=jnp.float32, sharding: Any = None) -> S
 
 def from_moments(n, mean_b, mean_a, c_bb, c_ba, ss_a=None) -> SufficientStats:
     """Builds statistics from moments computed elsewhere (e.g. a cross-product received over
-    a protocol). ``ss_a`` may be omitted (then training R^2 / GCV are unavailable: NaN)."""
+    a protocol). ``ss_a`` may be omitted (then training R^2 / GCV are unavailable: NaN).
+
+    float64 numpy moments give ``HostStats`` (float64 kept for the solve: without
+    jax_enable_x64, jax arrays would round them to float32); anything else SufficientStats.
+    """
+    if (isinstance(c_bb, np.ndarray) and isinstance(c_ba, np.ndarray) and c_bb.dtype == np.float64
+            and not jax.config.jax_enable_x64):
+        f = lambda x: np.asarray(x, np.float64)  # noqa: E731
+        mb, ma = f(mean_b).reshape(-1), f(mean_a).reshape(-1)
+        sa = np.full(ma.shape, np.nan) if ss_a is None else f(ss_a)
+        if c_bb.shape != (mb.size, mb.size) or c_ba.shape != (mb.size, ma.size) or sa.shape != ma.shape:
+            raise AlignInputError(
+                f"inconsistent moment shapes: mean_b {mb.shape}, mean_a {ma.shape}, "
+                f"c_bb {c_bb.shape}, c_ba {c_ba.shape}, ss_a {sa.shape}")
+        return HostStats(np.int64(n), mb, ma, f(c_bb), f(c_ba), sa, np.zeros_like(mb),
+                         np.zeros_like(ma), acc_dtype="float64")
     mean_b = jnp.asarray(mean_b)
     if ss_a is None:
         ss_a = jnp.full(jnp.shape(mean_a), jnp.nan, mean_b.dtype)
@@ -296,10 +312,126 @@ Returns:
 """
 
 
+def _to_host(x) -> np.ndarray:
+    """Host copy of one leaf, gathered across processes when it is not fully addressable."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+STAT_FIELDS = ("n", "mean_b", "mean_a", "c_bb", "c_ba", "ss_a", "mean_b_lo", "mean_a_lo")
+
+
 def stats_to_numpy(stats: SufficientStats) -> dict[str, np.ndarray]:
-    """Host copies of every field, as a dict of numpy arrays (gathers sharded leaves)."""
-    return {k: np.asarray(jax.device_get(getattr(stats, k)))
-            for k in ("n", "mean_b", "mean_a", "c_bb", "c_ba", "ss_a", "mean_b_lo", "mean_a_lo")}
+    """Host copies of every field, as a dict of numpy arrays.
+
+    Works for statistics on one device, sharded over a mesh, or spread over several processes
+    (leaves that are not fully addressable are all-gathered, so every process must call it).
+    """
+    return {k: _to_host(getattr(stats, k)) for k in STAT_FIELDS}
+
+
+def to_host64(stats: SufficientStats) -> SufficientStats:
+    """Statistics as float64 numpy leaves on the host (the compensated means folded in).
+
+    Host statistics are what the solve and the lambda policy work on: the d x d system is
+    small, and float64 keeps the massive-activation dimensions of real models from swamping
+    the rest, whatever dtype the accumulation used. ``dtype`` of the result stays float64;
+    ``acc_dtype`` records the accumulation's.
+    """
+    if isinstance(stats, HostStats):
+        return stats
+    d = stats_to_numpy(stats)
+    f = lambda k: np.asarray(d[k], np.float64)  # noqa: E731
+    return HostStats(n=np.int64(d["n"]), mean_b=f("mean_b") + f("mean_b_lo"),
+                     mean_a=f("mean_a") + f("mean_a_lo"), c_bb=f("c_bb"), c_ba=f("c_ba"),
+                     ss_a=f("ss_a"), mean_b_lo=np.zeros_like(f("mean_b")),
+                     mean_a_lo=np.zeros_like(f("mean_a")), acc_dtype=np.dtype(d["c_bb"].dtype).name)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostStats:
+    """SufficientStats on the host in float64 numpy (same fields; see ``to_host64``).
+
+    Attributes:
+      acc_dtype: dtype the statistics were accumulated in ("float32" or "float64"); it bounds
+        how many digits they carry, which the singularity check at lam = 0 respects.
+    """
+
+    n: np.int64
+    mean_b: np.ndarray
+    mean_a: np.ndarray
+    c_bb: np.ndarray
+    c_ba: np.ndarray
+    ss_a: np.ndarray
+    mean_b_lo: np.ndarray
+    mean_a_lo: np.ndarray
+    acc_dtype: str = "float64"
+
+    d_b = property(lambda self: int(self.mean_b.shape[0]))
+    d_a = property(lambda self: int(self.mean_a.shape[0]))
+    dtype = property(lambda self: np.dtype(np.float64))
+
+
+def host_zeros(d_b: int, d_a: int) -> HostStats:
+    z = np.zeros
+    return HostStats(np.int64(0), z(d_b), z(d_a), z((d_b, d_b)), z((d_b, d_a)), z(d_a), z(d_b), z(d_a))
+
+
+def merge_host(s1: HostStats, s2: HostStats) -> HostStats:
+    """Chan et al.'s exact merge in float64 on the host (either side may have n = 0)."""
+    n1, n2 = int(s1.n), int(s2.n)
+    n = n1 + n2
+    if n2 == 0 or n1 == 0:
+        return s1 if n2 == 0 else dataclasses.replace(
+            s2, acc_dtype=_wider(s1.acc_dtype, s2.acc_dtype))
+    db, da = s2.mean_b - s1.mean_b, s2.mean_a - s1.mean_a
+    cross = n1 * n2 / n
+    return HostStats(
+        n=np.int64(n), mean_b=s1.mean_b + db * (n2 / n), mean_a=s1.mean_a + da * (n2 / n),
+        c_bb=s1.c_bb + s2.c_bb + cross * np.outer(db, db),
+        c_ba=s1.c_ba + s2.c_ba + cross * np.outer(db, da),
+        ss_a=s1.ss_a + s2.ss_a + cross * da * da, mean_b_lo=s1.mean_b_lo, mean_a_lo=s1.mean_a_lo,
+        acc_dtype=_wider(s1.acc_dtype, s2.acc_dtype))
+
+
+def _wider(a: str, b: str) -> str:
+    """The less precise of two accumulation dtypes (the merge carries no more digits)."""
+    return a if np.finfo(a).eps >= np.finfo(b).eps else b
+
+
+def merge_all(stats_list) -> HostStats:
+    """Exact merge of any number of statistics (device or host), in float64 on the host."""
+    hosts = [to_host64(s) for s in stats_list]
+    if not hosts:
+        raise ValueError("merge_all needs at least one SufficientStats")
+    # Pairwise tree: rounding grows with log(k), not k.
+    while len(hosts) > 1:
+        hosts = [merge_host(hosts[i], hosts[i + 1]) if i + 1 < len(hosts) else hosts[i]
+                 for i in range(0, len(hosts), 2)]
+    return hosts[0]
+
+
+def scale_source(stats, scale) -> HostStats:
+    """Statistics of (z_b * scale, z_a): per-dimension source scaling, exactly, from moments.
+
+    A map fitted on the scaled source, W', becomes diag(scale) W' for the original one, with
+    the same predictions (``linalign.align.solve.solve(..., scale=...)`` undoes it).
+    """
+    h = to_host64(stats)
+    s = np.asarray(scale, np.float64).reshape(-1)
+    if s.shape != (h.d_b,) or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"scale must be [{h.d_b}] finite and > 0, got shape {s.shape}")
+    return dataclasses.replace(h, mean_b=h.mean_b * s, c_bb=h.c_bb * s[:, None] * s[None, :],
+                               c_ba=h.c_ba * s[:, None])
+
+
+def std_scale(stats) -> np.ndarray:
+    """[d_b] 1 / (per-dimension standard deviation), 1 for constant dimensions."""
+    h = to_host64(stats)
+    var = np.diag(h.c_bb) / max(int(h.n), 1)
+    return np.where(var > 0, 1.0 / np.sqrt(np.where(var > 0, var, 1.0)), 1.0)
 
 
 def from_arrays(z_b, z_a, mask=None, dtype=jnp.float32, batch_size: Optional[int] = None) -> SufficientStats:

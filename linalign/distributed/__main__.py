@@ -2,14 +2,20 @@
 
 Fit a map over paired embeddings, on one process or many (run the same command on each)::
 
-    python -m linalign.distributed fit --source_store=zb.npy --target_store=za.npy \
-        --out_dir=runs/fit --checkpoint_every=50 --lam=1e-2 --batch_size=1024
+    python -m linalign.distributed fit --source_store=emb/smol --target_store=emb/gemma \
+        --pair_tokens --out_dir=runs/fit --lam=auto --checkpoint_every=50 --batch_size=8192
+
+It is the single-host fit (``python -m linalign.fit``) spread over processes: the same sources,
+per-fold accumulator, lambda policy (default auto: exact k-fold CV) and map file
+(``<out_dir>/map.safetensors``, read by ``linalign.AffineMap.load``).
 
 Extract hidden states on every process (each takes its contiguous share of the corpus and
-writes its own part of a parted store; process 0 writes the index)::
+writes its own part of one store; process 0 writes the store's manifest). The job is
+``linalign.extract.job``, the one ``python -m linalign.extract`` runs::
 
-    python -m linalign.distributed extract --model=all-minilm-l6-v2 --corpus=bbc_news \
-        --out_dir=emb/minilm --forward_batch=32
+    launch/local_cpu.sh -n 2 -m 1 -- python -m linalign.distributed extract \
+        --model=smollm2-135m-instruct --corpus=austen+bbc_sentences+fortunes --per_token \
+        --out_dir=emb/smol --forward_batch=32
 
 Plan per-device memory without allocating anything::
 
@@ -23,6 +29,7 @@ LINALIGN_PROCESS_ID, as launch/local_cpu.sh sets them).
 
 from __future__ import annotations
 
+import jax
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -34,15 +41,30 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explic
 flags.DEFINE_integer("num_processes", None, "Processes in the job (explicit clusters).")
 flags.DEFINE_integer("process_id", None, "This process's index (explicit clusters).")
 flags.DEFINE_list("local_device_ids", None, "Devices this process drives (e.g. one GPU each).")
-flags.DEFINE_string("mesh", "data=-1", "Mesh axes, e.g. data=-1 or data=2,model=4.")
+flags.DEFINE_string("mesh", None, "Mesh (linalign.mesh syntax), e.g. data=-1 or data=2,model=4: "
+                    "fit: over each process's own devices; plan: over all devices.")
 # fit
-flags.DEFINE_string("source_store", None, "Source embeddings: [n, d_b] .npy or store directory.")
-flags.DEFINE_string("target_store", None, "Target embeddings: [n, d_a] .npy or store directory.")
-flags.DEFINE_string("out_dir", None, "Where stats.npz, map.npz and fit.json go.")
-flags.DEFINE_string("checkpoint_dir", None, "Checkpoints (default: <out_dir>/checkpoints).")
+flags.DEFINE_string("source_store", None, "Source embeddings (Z_B): store directory (any number "
+                    "of parts) or [n, d_b] .npy.")
+flags.DEFINE_string("target_store", None, "Target embeddings (Z_A): store directory or .npy.")
+flags.DEFINE_bool("pair_tokens", False, "The stores are per-token: pair target tokens with "
+                  "source tokens by character offsets (linalign.eval.pairing) and fit on the pairs.")
+flags.DEFINE_bool("allow_incomplete", False, "With --pair_tokens: use the texts both stores "
+                  "have finished so far (an extraction still running or stopped).")
+flags.DEFINE_integer("max_rows", None, "Fit on the first N (paired) rows only.")
+flags.DEFINE_string("out_dir", None, "Where map.safetensors, report.json and report.md go.")
+flags.DEFINE_string("checkpoint_dir", None, "Checkpoints (default: <out_dir>.checkpoints).")
 flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.")
-flags.DEFINE_integer("batch_size", 1024, "Rows each process reads per step.")
-flags.DEFINE_float("lam", 1e-2, "Ridge strength (on the scale of C_bb, a sum over rows).")
+flags.DEFINE_integer("batch_size", 8192, "Rows each process reads per step.")
+flags.DEFINE_string("lam", "auto", "Lambda spec (linalign.align.lambdas): auto (k-fold CV), cv:K, "
+                    "gcv, rel:F or an absolute number.")
+flags.DEFINE_list("lam_grid", None, "Candidate lambdas (default: 13 values, 1e-6..1e2 x C_bb's "
+                  "mean eigenvalue).")
+flags.DEFINE_integer("folds", 5, "Cross-validation folds accumulated in the streaming pass.")
+flags.DEFINE_integer("seed", 0, "Seed of the fold and held-out assignments.")
+flags.DEFINE_float("val_fraction", 0.1, "Fraction of rows held out to score the map.")
+flags.DEFINE_enum("fit_dtype", "float32", ["float32", "float64"], "Accumulation dtype.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --out_dir.")
 flags.DEFINE_float("batch_delay_s", 0.0, "Sleep after each step (for fault-injection tests).")
 # extract
 flags.DEFINE_string("model", None, "extract: checkpoint path (.gguf or HF directory) or asset name.")
@@ -53,7 +75,18 @@ flags.DEFINE_integer("max_length", None, "extract: max tokens per text (default:
 flags.DEFINE_integer("forward_batch", 32, "extract: texts per forward pass on each process.")
 flags.DEFINE_enum("truncation", "warn", ["warn", "error", "silent"],
                   "extract: what to do with texts longer than max_length.")
-flags.DEFINE_integer("limit", None, "extract: only the first N texts of the corpus.")
+flags.DEFINE_integer("limit", None, "extract: only the first N texts (after --shuffle_seed).")
+flags.DEFINE_integer("shuffle_seed", None, "extract: shuffle the texts with this seed first.")
+flags.DEFINE_bool("per_token", False, "extract: store every token's state with its character "
+                  "offsets instead of one pooled row per text.")
+flags.DEFINE_integer("layer", -1, "extract: hidden state index (-1: final, 0: embeddings).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                  "extract: params/activation dtype.")
+flags.DEFINE_enum("store_dtype", "float32", ["float32", "float16"],
+                  "extract: dtype of the stored arrays.")
+flags.DEFINE_integer("shard_rows", 4096, "extract: texts per store shard (the resume granularity).")
+flags.DEFINE_string("extract_mesh", None, "extract: mesh over each process's own devices "
+                    "(default data=-1: extraction needs no communication).")
 # plan
 flags.DEFINE_string("model_config", "llama3-8b", "Preset name or config.json path ('' to skip).")
 flags.DEFINE_integer("batch", 8, "Forward-pass batch.")
@@ -67,38 +100,61 @@ flags.DEFINE_string("report_dir", None, "Write plan.json, plan.md and plan.png h
 
 
 def _fit() -> None:
-    from linalign.distributed import runtime
+    import os
+    import time
+
+    from linalign.align import fitting
+    from linalign.align.sources import open_embeddings, open_token_pairs
     from linalign.distributed import streaming_fit as sf
+    from linalign.mesh import make_mesh
 
     for name in ("source_store", "target_store", "out_dir"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"fit needs --{name}")
-    mesh = runtime.global_mesh(runtime.parse_mesh(FLAGS.mesh))
-    ckpt = FLAGS.checkpoint_dir or f"{FLAGS.out_dir.rstrip('/')}/checkpoints"
+    if FLAGS.pair_tokens:
+        src, tgt, _ = open_token_pairs(FLAGS.source_store, FLAGS.target_store,
+                                       allow_incomplete=FLAGS.allow_incomplete,
+                                       progress=jax.process_index() == 0)
+    else:
+        src, tgt = open_embeddings(FLAGS.source_store), open_embeddings(FLAGS.target_store)
+    ckpt = FLAGS.checkpoint_dir or f"{FLAGS.out_dir.rstrip('/')}.checkpoints"
     if "://" not in ckpt:  # orbax wants absolute local paths; gs:// and the like pass through
-        import os
         ckpt = os.path.abspath(ckpt)
-    fit = sf.StreamingFit(FLAGS.source_store, FLAGS.target_store, mesh, FLAGS.batch_size,
-                          checkpoint_dir=ckpt, checkpoint_every=FLAGS.checkpoint_every,
+    # Each process accumulates on its own devices; only the statistics cross processes.
+    mesh = make_mesh(FLAGS.mesh, jax.local_devices()) if FLAGS.mesh else None
+    fit = sf.StreamingFit(src, tgt, lam=FLAGS.lam, folds=FLAGS.folds, seed=FLAGS.seed,
+                          heldout=FLAGS.val_fraction, batch_size=FLAGS.batch_size,
+                          dtype=FLAGS.fit_dtype, mesh=mesh, checkpoint_dir=ckpt,
+                          checkpoint_every=FLAGS.checkpoint_every, max_rows=FLAGS.max_rows,
                           batch_delay_s=FLAGS.batch_delay_s)
-    sf.finish(fit, fit.run(), FLAGS.out_dir, FLAGS.lam)
+    t0 = time.perf_counter()
+    fold_stats, val = fit.run()
+    result = sf.finish(fit, fold_stats, val, metadata=sf.source_metadata(src, tgt),
+                       grid=None if FLAGS.lam_grid is None else [float(x) for x in FLAGS.lam_grid],
+                       seconds_accumulate=time.perf_counter() - t0)
+    if jax.process_index() == 0:
+        fitting.write_fit(result, FLAGS.out_dir, overwrite=FLAGS.overwrite)
+        print(result.map)
+        print(fitting._markdown(result.report))
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("linalign_fit_written")
 
 
 def _extract() -> None:
-    from linalign import data
-    from linalign.distributed import extract
+    from linalign.extract.job import load_texts, run
 
     for name in ("model", "corpus", "out_dir"):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"extract needs --{name}")
-    corpus = data.load_corpus(FLAGS.corpus)
-    texts = corpus.texts[: FLAGS.limit] if FLAGS.limit else corpus.texts
-    index = extract.run(FLAGS.model, texts, FLAGS.out_dir, corpus=corpus.name,
-                        pooling=FLAGS.pooling, max_length=FLAGS.max_length,
-                        batch_size=FLAGS.forward_batch, truncation=FLAGS.truncation)
-    if index is not None:
-        print(f"wrote {FLAGS.out_dir}: {index['num_rows']} rows in {len(index['parts'])} parts, "
-              f"dim {index['dim']}")
+    texts, corpus = load_texts(FLAGS.corpus, limit=FLAGS.limit, shuffle_seed=FLAGS.shuffle_seed)
+    store = run(FLAGS.model, texts, FLAGS.out_dir, corpus=corpus,
+                mesh_spec=FLAGS.extract_mesh, dtype=FLAGS.dtype, pooling=FLAGS.pooling,
+                per_token=FLAGS.per_token, max_length=FLAGS.max_length,
+                batch_size=FLAGS.forward_batch, truncation=FLAGS.truncation, layer=FLAGS.layer,
+                store_dtype=FLAGS.store_dtype, shard_rows=FLAGS.shard_rows)
+    if store is not None:
+        print(f"wrote {FLAGS.out_dir}: {store.num_rows} rows in {len(store.parts)} parts, "
+              f"dim {store.dim}, per_token={store.per_token}")
 
 
 def _plan() -> None:
@@ -109,7 +165,9 @@ def _plan() -> None:
         jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
     from linalign.distributed import memory, runtime
 
-    mesh = runtime.global_mesh(runtime.parse_mesh(FLAGS.mesh))
+    from linalign.mesh import make_mesh
+
+    mesh = make_mesh(FLAGS.mesh)
     reports, facts = [], {}
     if FLAGS.d_b:
         reports += list(memory.plan_fit(FLAGS.d_b, FLAGS.d_a, FLAGS.fit_batch_per_device, mesh).values())

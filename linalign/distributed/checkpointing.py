@@ -113,6 +113,10 @@ class FitCheckpointer:
                 {"version": MANIFEST_VERSION, "step": step, "files": files}, indent=1))
         multihost_utils.sync_global_devices(f"linalign_ckpt_manifest_{step}")
         complete = [s for s in self.all_steps() if self._manifest_path(s).exists()]
+        # Every process must see the same list before anyone deletes (orbax's delete is
+        # collective): a fast process 0 would otherwise delete a step a slower process has
+        # not listed yet, and the two would call different barriers.
+        multihost_utils.sync_global_devices(f"linalign_ckpt_listed_{step}")
         for old in complete[:-self.keep]:
             self._mgr.delete(old)
             if jax.process_index() == 0:

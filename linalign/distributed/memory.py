@@ -8,9 +8,8 @@ that does not fit fails here with XLA's own message instead of an hour into a jo
 
 Large hidden sizes: the accumulators keep C_bb [d_b, d_b] and C_ba [d_b, d_a] with their d_b
 rows split over the "model" axis (d=8192: 256 MiB + 256 MiB float32 in total, a quarter of
-that per device with model=4). The solve W = (C_bb + lam I)^-1 C_ba factors C_bb once
-(Cholesky needs the whole matrix; XLA gathers it) and splits the d_a right-hand-side columns,
-and so W, over the model axis.
+that per device with model=4). The solve runs once, in float64 on the host
+(``linalign.align.solve``), so its plan is analytic.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from linalign.align import sharding as shd
 from linalign.atomic import atomic_file
 from linalign.align import stats as stats_lib
-from linalign.distributed import streaming_fit as sf
 
 MiB = float(1 << 20)
 
@@ -92,76 +90,52 @@ def _abstract(tree, shardings):
 
 
 # --------------------------------------------------------------------------- fit plan
-def _solve_columns(c_bb, c_ba, mean_b, mean_a, lam):
-    """W = (C_bb + lam I)^-1 C_ba, b = mean_a - mean_b W; W's columns follow c_ba's sharding."""
-    a = c_bb + lam * jnp.eye(c_bb.shape[0], dtype=c_bb.dtype)
-    chol = jnp.linalg.cholesky(a)
-    w = jax.scipy.linalg.cho_solve((chol, True), c_ba)
-    return w, mean_a - jnp.dot(mean_b, w, precision=jax.lax.Precision.HIGHEST)
-
-
-def solve_shardings(mesh: Mesh):
-    """(in, out) shardings of the split solve: C_bb gathered, C_ba / W columns over "model"."""
-    model = "model" if "model" in mesh.axis_names else None
-    rep = NamedSharding(mesh, P())
-    cols = NamedSharding(mesh, P(None, model))
-    vec = NamedSharding(mesh, P(model))
-    return (rep, cols, rep, vec, rep), (cols, vec)
-
-
-def solve_sharded(stats: stats_lib.SufficientStats, lam: float, mesh: Mesh):
-    """The model-axis-split solve, run (used to check it agrees with ``align.solve.solve``).
-
-    Returns:
-      (W [d_b, d_a], b [d_a]) as global arrays, columns split over "model".
-    """
-    in_sh, out_sh = solve_shardings(mesh)
-    fn = jax.jit(_solve_columns, in_shardings=in_sh, out_shardings=out_sh)
-    return fn(stats.c_bb, stats.c_ba, stats.mean_b, stats.mean_a,
-              jnp.asarray(lam, stats.c_bb.dtype))
+def _update(state, z_b, z_a, mask):
+    """One accumulation step of ``stats.Accumulator``: merge a batch's statistics."""
+    return stats_lib.merge(state, stats_lib.batch_stats(z_b, z_a, mask, state.c_bb.dtype))
 
 
 def plan_fit(d_b: int, d_a: int, batch_per_device: int, mesh: Mesh,
-             rules: Optional[shd.ShardingRules] = None) -> dict[str, MemoryReport]:
-    """Per-device memory of the three programs a streaming fit runs.
+             rules: Optional[shd.ShardingRules] = None, folds: int = 5) -> dict[str, MemoryReport]:
+    """Per-device memory of a streaming fit: the accumulation step, and the host solve.
 
     Args:
       d_b, d_a: source / target widths.
       batch_per_device: rows each data-axis position takes per step.
       mesh: mesh with a "data" axis (and optionally "model").
       rules: ShardingRules (default batch->data, feat_b->model).
+      folds: per-fold accumulators kept (each fold holds its own statistics).
 
     Returns:
-      {"update": ..., "fold": ..., "solve": ...} MemoryReports (per step, per checkpoint, once).
+      {"update", "folds", "solve"}: the compiled step of one fold's accumulator (per step),
+      the k folds' resident statistics, and the float64 host solve (``linalign.align.solve``,
+      host bytes; analytic, it never runs on a device).
     """
     rules = rules or shd.ShardingRules()
     model = mesh.shape.get("model", 1)
     if d_b % model or d_a % model:
         raise ValueError(f"d_b={d_b} and d_a={d_a} must be divisible by the model axis ({model})")
-    d = sf.data_size(mesh, rules)
-    state_sh = sf.local_state_shardings(mesh, rules)
+    state_sh = stats_lib.stats_shardings(mesh, rules)
     shapes = jax.eval_shape(lambda: stats_lib.init_stats(d_b, d_a))
-    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct((d, *s.shape), s.dtype, sharding=sh),
-                         shapes, state_sh)
+    state = _abstract(shapes, state_sh)
     rows_sh = NamedSharding(mesh, rules.spec((shd.BATCH, None), mesh))
     mask_sh = NamedSharding(mesh, rules.spec((shd.BATCH,), mesh))
+    d = int(np.prod([mesh.shape[a] for a in rules.mesh_axes(shd.BATCH) if a in mesh.axis_names]))
     m = batch_per_device * d
     z_b = jax.ShapeDtypeStruct((m, d_b), jnp.float32, sharding=rows_sh)
     z_a = jax.ShapeDtypeStruct((m, d_a), jnp.float32, sharding=rows_sh)
     mask = jax.ShapeDtypeStruct((m,), jnp.bool_, sharding=mask_sh)
-    out = {"update": compile_report("update (per step)", sf._local_step, (state, z_b, z_a, mask),
-                                    (state_sh, rows_sh, rows_sh, mask_sh), state_sh, donate_argnums=0)}
-    base_sh = stats_lib.stats_shardings(mesh, rules)
-    base = _abstract(shapes, base_sh)
-    out["fold"] = compile_report("fold (per checkpoint)", sf.fold, (base, state), (base_sh, state_sh),
-                                 (base_sh, state_sh), donate_argnums=(0, 1))
-    in_sh, out_sh = solve_shardings(mesh)
-    args = (jax.ShapeDtypeStruct((d_b, d_b), jnp.float32, sharding=in_sh[0]),
-            jax.ShapeDtypeStruct((d_b, d_a), jnp.float32, sharding=in_sh[1]),
-            jax.ShapeDtypeStruct((d_b,), jnp.float32, sharding=in_sh[2]),
-            jax.ShapeDtypeStruct((d_a,), jnp.float32, sharding=in_sh[3]),
-            jax.ShapeDtypeStruct((), jnp.float32, sharding=in_sh[4]))
-    out["solve"] = compile_report("solve (once)", _solve_columns, args, in_sh, out_sh)
+    step = compile_report("update (per step)", _update, (state, z_b, z_a, mask),
+                          (state_sh, rows_sh, rows_sh, mask_sh), state_sh, donate_argnums=0)
+    k = max(int(folds), 1)
+    out = {"update": step,
+           # Every fold keeps its own accumulator resident (analytic: nothing else runs).
+           "folds": MemoryReport(f"fold statistics (x{k})", k * fit_state_bytes_per_device(d_b, d_a, model),
+                                 0, 0, 0, 0)}
+    # Host float64: C_bb + C_ba of every fold and their merge, plus one factor and W.
+    host = 8 * (d_b * d_b + d_b * d_a)
+    out["solve"] = MemoryReport("solve (host, float64)", host * (k + 1),
+                                8 * (d_b * d_a + d_a), 8 * d_b * d_b, 0, 0)
     return out
 
 

@@ -1,4 +1,6 @@
-"""Multi-controller runtime: start JAX's distributed client, shard inputs, build global meshes.
+"""Multi-controller runtime: start JAX's distributed client and shard inputs over processes.
+
+Meshes come from ``linalign.mesh.make_mesh`` (one flag syntax for every command).
 
 Every process runs the same program (JAX's multi-controller model). ``initialize`` connects the
 processes through ``jax.distributed.initialize``; where JAX has a cluster detector of its own
@@ -19,6 +21,8 @@ import jax
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
+
+from linalign.mesh import contiguous_bounds  # noqa: F401  (re-exported: process shares)
 
 ENV_COORDINATOR = "LINALIGN_COORDINATOR"
 ENV_NUM_PROCESSES = "LINALIGN_NUM_PROCESSES"
@@ -179,60 +183,6 @@ def shard_for_process(items: Sequence[T], process_index: int, process_count: int
         raise ValueError(f"unknown shard mode {mode!r}; expected 'contiguous' or 'strided'")
     lo, hi = contiguous_bounds(len(items), process_index, process_count)
     return items[lo:hi]
-
-
-def contiguous_bounds(n: int, process_index: int, process_count: int) -> tuple[int, int]:
-    """[lo, hi) of process ``process_index``'s contiguous shard of ``n`` items."""
-    base, extra = divmod(n, process_count)
-    lo = process_index * base + min(process_index, extra)
-    return lo, lo + base + (1 if process_index < extra else 0)
-
-
-def parse_mesh(spec: str) -> dict[str, int]:
-    """Parses "data=2,model=4" (one size may be -1: all remaining devices)."""
-    out: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, eq, size = part.partition("=")
-        if not eq or not name:
-            raise ValueError(f"mesh spec {spec!r}: expected name=size pairs like data=2,model=4")
-        try:
-            out[name.strip()] = int(size)
-        except ValueError:
-            raise ValueError(f"mesh spec {spec!r}: size of axis {name!r} is not an integer") from None
-    if not out:
-        raise ValueError(f"mesh spec {spec!r} names no axes")
-    return out
-
-
-def global_mesh(axes: Mapping[str, int], devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-    """A mesh over all devices of all processes, ordered process-major.
-
-    Devices are sorted by (process_index, id) and the trailing mesh axis varies fastest, so the
-    last axes (the model axis) stay inside one host where they fit, and each process's devices
-    own a contiguous block of the leading (data) axis: ``make_array_from_process_local_data``
-    then maps a process's local rows onto its own devices.
-
-    Args:
-      axes: ordered axis name -> size; one size may be -1 (inferred).
-      devices: default ``jax.devices()``.
-
-    Raises:
-      ValueError: sizes that do not multiply to the device count.
-    """
-    devices = sorted(devices if devices is not None else jax.devices(),
-                     key=lambda d: (d.process_index, d.id))
-    names, sizes = list(axes), list(axes.values())
-    if sizes.count(-1) > 1:
-        raise ValueError(f"mesh {dict(axes)}: at most one axis size may be -1")
-    known = int(np.prod([s for s in sizes if s != -1]))
-    if -1 in sizes:
-        if known <= 0 or len(devices) % known:
-            raise ValueError(f"mesh {dict(axes)} does not divide {len(devices)} devices")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f"mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
-                         f"but there are {len(devices)}")
-    return Mesh(np.asarray(devices, dtype=object).reshape(sizes), tuple(names))
 
 
 def local_data_shards(mesh: Mesh, axis: str = "data") -> tuple[int, int]:

@@ -1,7 +1,10 @@
 """Writes a study's results: report.md, results.json and PNG plots in results/<study>/.
 
 Every file is written to a temporary name in the same folder and then renamed, so an
-interrupted run never leaves a half-written report.
+interrupted run never leaves a half-written report. A study may write its report many times
+while it runs (``write(status="running")`` after each finished pair, see
+``linalign.experiments.pairs``): ``mark``/``rewind`` let it rebuild the part of the report that
+grows, and ``fail`` records a failed step, which results.json and report.md then name.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import traceback
 from typing import Optional, Sequence
 
 import numpy as np
@@ -67,6 +71,36 @@ class Report:
         self.parts: list[str] = [f"# {title or study}\n"]
         self.results: dict = {}
         self.files: list[str] = []
+        self.failures: list[dict] = []
+
+    def fail(self, what: str, exc: BaseException) -> dict:
+        """Records a failed step (a model pair, or a model every pair of it needs).
+
+        Args:
+          what: the step, e.g. "SmolLM2 -> Gemma3" or "model Gemma3: load".
+          exc: the exception it raised.
+
+        Returns:
+          The record kept in results.json["failures"]: step, exception type and message, and
+          the innermost frames of the traceback.
+        """
+        msg = str(exc)
+        notes = getattr(exc, "__notes__", None)
+        if notes:
+            msg += " (" + "; ".join(notes) + ")"
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        rec = {"step": what, "type": type(exc).__name__, "message": msg,
+               "traceback": "".join(tb[-3:])}
+        self.failures.append(rec)
+        return rec
+
+    def mark(self) -> tuple[int, int]:
+        """A point in the report to ``rewind`` to (before the part that is rebuilt)."""
+        return len(self.parts), len(self.files)
+
+    def rewind(self, mark: tuple[int, int]) -> None:
+        """Drops the sections and plot links added since ``mark`` (their PNGs are rewritten)."""
+        self.parts, self.files = self.parts[: mark[0]], self.files[: mark[1]]
 
     def text(self, md: str) -> None:
         self.parts.append(md.rstrip() + "\n")
@@ -161,9 +195,27 @@ class Report:
         ax.grid(axis="y", alpha=0.3)
         return self._save_fig(fig, name)
 
-    def write(self) -> pathlib.Path:
-        """Writes report.md and results.json; returns the study folder."""
+    def _failures_md(self) -> list[str]:
+        if not self.failures:
+            return []
+        lines = [f"**{len(self.failures)} failed step(s)**; the other pairs ran. Each is left out of "
+                 "the tables and plots below:\n"]
+        lines += [f"- {f['step']}: `{f['type']}`: {f['message']}" for f in self.failures]
+        return ["\n".join(lines) + "\n"]
+
+    def write(self, status: str = "complete") -> pathlib.Path:
+        """Writes report.md and results.json; returns the study folder.
+
+        Args:
+          status: "complete", or a progress line such as "running: 3 of 12 pairs done" for the
+            writes a study makes while it runs (shown under the title and in results.json).
+        """
+        results = {**self.results, "status": status, "failures": self.failures}
+        head = self.parts[:1]
+        if status != "complete":
+            head.append(f"*Status: {status} (this report is rewritten as each pair finishes).*\n")
         atomic_write(self.dir / "results.json",
-                            json.dumps(_jsonable(self.results), indent=2, sort_keys=True).encode())
-        atomic_write(self.dir / "report.md", "\n".join(self.parts).encode())
+                     json.dumps(_jsonable(results), indent=2, sort_keys=True).encode())
+        atomic_write(self.dir / "report.md",
+                     "\n".join(head + self._failures_md() + self.parts[1:]).encode())
         return self.dir

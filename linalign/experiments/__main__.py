@@ -4,9 +4,13 @@
   python -m linalign.experiments --study=demo
   python -m linalign.experiments --study=classification --models=all-minilm-l6-v2,gemma3-270m \
       --corpus=my_data.jsonl --n_texts=2000
+
+A model or pair that fails is recorded in results.json ("failures") and named in report.md; the
+other pairs go on, and the report is rewritten as each pair finishes. The exit status is then 1.
 """
 
 import dataclasses
+import json
 import sys
 
 from absl import app, flags
@@ -32,7 +36,10 @@ flags.DEFINE_bool("title_only", None, "Use only each text's first line.")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Extraction batch size.")
 flags.DEFINE_enum("pooling", _D.pooling, ["mean", "last", "first", "default"],
                   "Pooling of final hidden states (default = each checkpoint's own).")
-flags.DEFINE_string("lam", _D.lam, "Ridge for pooled maps: a number, 'gcv', 'cv' (5-fold) or 'auto' (GCV if n > d_B, else CV).")
+flags.DEFINE_string("lam", _D.lam, "Ridge for pooled maps, a lambda spec: 'auto' (5-fold CV), 'cv:K', "
+                    "'gcv', a number (absolute, on the scale of C_bb) or 'rel:F' (F * trace(C_bb)/d_b).")
+flags.DEFINE_string("gen_lam", _D.gen_lam, "Generation: lambda spec of the per-token maps (default the "
+                    "paper's absolute 1e-4).")
 flags.DEFINE_integer("seed", _D.seed, "Sampling seed.")
 flags.DEFINE_string("out", _D.out_root, "Output root; the report goes to OUT/<study>/.")
 flags.DEFINE_string("cache_dir", None, "linalign cache root (default $LINALIGN_CACHE or ~/.cache/linalign).")
@@ -46,7 +53,7 @@ def config_from_flags(study: str) -> C.StudyConfig:
     over = dict(models=tuple(FLAGS.models), corpus=FLAGS.corpus, public_corpus=FLAGS.public_corpus,
                 ood_corpus=FLAGS.ood_corpus, ood_holdout=FLAGS.ood_holdout,
                 batch_size=FLAGS.batch_size, pooling=FLAGS.pooling, lam=FLAGS.lam, seed=FLAGS.seed, out_root=FLAGS.out,
-                cache_dir=FLAGS.cache_dir)
+                cache_dir=FLAGS.cache_dir, gen_lam=FLAGS.gen_lam)
     for k in ("n_texts", "n_public", "n_in_dist", "max_length", "clip_chars", "title_only",
               "n_gen_fit", "n_gen", "max_new_tokens"):
         if getattr(FLAGS, k) is not None:
@@ -64,6 +71,12 @@ def main(argv):
     out = registry.run(FLAGS.study, config_from_flags(FLAGS.study),
                        command="python -m linalign.experiments " + " ".join(sys.argv[1:]))
     print(f"wrote {out}/report.md")
+    failures = json.loads((out / "results.json").read_text())["failures"]
+    if failures:
+        # The study went on past them and wrote everything else; the exit status still says so.
+        for f in failures:
+            print(f"FAILED {f['step']}: {f['type']}: {f['message']}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ class StudyConfig:
       out_root: reports go to out_root/<study>.
       cache_dir: cache root override (default: linalign's cache).
       n_gen_fit / n_gen / max_new_tokens / gen_lam / gen_corpora: generation study settings
-        (texts whose per-token states fit the map are drawn evenly from gen_corpora).
+        (texts whose per-token states fit the map are drawn evenly from gen_corpora; gen_lam is
+        a lambda spec for ``fit_map``, by default the paper's absolute 1e-4).
       encoder: the embedding model that compares generated texts.
     """
 
@@ -73,7 +74,7 @@ class StudyConfig:
     n_gen_fit: int = 600
     n_gen: int = 8
     max_new_tokens: int = 48
-    gen_lam: float = 1e-4
+    gen_lam: str = "1e-4"
     gen_corpora: Sequence[str] = ("bbc_sentences", "fortunes")
     encoder: str = "all-minilm-l6-v2"
 
@@ -107,18 +108,30 @@ def prep_text(t: str, cfg: StudyConfig) -> str:
 def load_texts(spec: str, n: int, cfg: StudyConfig, seed_offset: int = 0, need_labels: bool = False):
     """Loads a corpus and samples n texts (stratified by label when labelled).
 
+    Args:
+      spec: a ``linalign.data.load_corpus`` spec (a bundled corpus or a .jsonl/.csv/.txt file),
+        or several joined with '+' (``austen+fortunes``), read by ``linalign.extract.load_texts``
+        as the extraction commands read them (joined corpora carry no labels).
+
     Returns:
       (texts, labels or None, corpus name). Empty texts are dropped before sampling.
     """
     from linalign.data import load_corpus
+    from linalign.extract.job import CORPUS_JOIN, load_texts as read_texts
 
-    corpus = load_corpus(spec)
-    labels = getattr(corpus, "labels", None)
+    if CORPUS_JOIN in str(spec):
+        raw, name = read_texts(spec)
+        labels = None
+    else:
+        # A single corpus is read with its labels: classification needs them, and the others
+        # sample labelled corpora (BBC topics, fortune categories) stratified by them.
+        corpus = load_corpus(spec)
+        raw, labels, name = corpus.texts, getattr(corpus, "labels", None), getattr(corpus, "name", spec)
     if need_labels and labels is None:
         raise ValueError(f"corpus {spec!r} has no labels; classification needs a labelled corpus "
                          "(JSONL/CSV with a label column)")
     rng = np.random.default_rng(cfg.seed + seed_offset)
-    texts = [prep_text(t, cfg) for t in corpus.texts]
+    texts = [prep_text(t, cfg) for t in raw]
     keep = [i for i, t in enumerate(texts) if t.strip()]
     if labels is not None:
         by = {}
@@ -133,8 +146,7 @@ def load_texts(spec: str, n: int, cfg: StudyConfig, seed_offset: int = 0, need_l
             keep = sorted(take)
     elif n and n < len(keep):
         keep = sorted(rng.choice(keep, size=n, replace=False).tolist())
-    return ([texts[i] for i in keep], None if labels is None else [labels[i] for i in keep],
-            getattr(corpus, "name", spec))
+    return [texts[i] for i in keep], None if labels is None else [labels[i] for i in keep], name
 
 
 PUBLIC_FALLBACK = ("austen", "fortunes", "bbc_sentences")
@@ -189,51 +201,51 @@ def embed(name: str, texts: Sequence[str], cfg: StudyConfig, per_token: bool = F
 
 
 def fit_map(z_b_nd, z_a_nd, lam="auto"):
-    """Fits the affine map Z_B -> Z_A (closed-form ridge, centred bias).
+    """Fits the affine map Z_B -> Z_A through linalign's one fitting pipeline (``linalign.fit``).
 
     Args:
       z_b_nd: [n, d_b] source rows; z_a_nd: [n, d_a] target rows (same texts).
-      lam: absolute ridge (float or numeric string), or chosen over a 13-point log grid
-        scaled by the mean eigenvalue of C_bb: "gcv" (generalised cross-validation), "cv"
-        (5-fold cross-validation), "auto" (GCV when n > d_b, else 5-fold CV). GCV is not
-        used for n <= d_b: the centred C_bb then has rank below d_b, and GCV keeps choosing
-        lambdas far too small (on BBC titles with 100-200 fitting rows it picked lambdas
-        100-1000x below 5-fold CV's, with negative held-out R^2; docs/notes/eval.md).
+      lam: a lambda spec (``linalign.align.lambdas.LambdaSpec``): "auto" or "cv" (exact 5-fold
+        cross-validation from per-fold statistics, over 13 lambdas log-spaced from 1e-6 to 1e2
+        times the mean eigenvalue of C_bb), "cv:K", "gcv" (never used when n <= d_b, where it
+        keeps choosing lambdas far too small, docs/notes/eval.md: falls back to 5-fold CV),
+        "rel:F" (F times the mean eigenvalue) or an absolute number.
 
     Returns:
-      (AffineMap, lam used).
+      (AffineMap, lam used); the map's metadata records lam, lam_spec, lam_selection and n, and
+      the map is solved in float64 whatever the embeddings' scale.
     """
-    from linalign.align.solve import (default_lambda_grid, select_lambda_gcv,
-                                      select_lambda_kfold, solve)
-    from linalign.align.affine_map import AffineMap
-    from linalign.align.stats import from_arrays
+    from linalign.align.fitting import fit
 
-    z_b_nd = np.asarray(z_b_nd, np.float32)
-    z_a_nd = np.asarray(z_a_nd, np.float32)
-    if z_b_nd.shape[0] != z_a_nd.shape[0]:
-        raise ValueError(f"source has {z_b_nd.shape[0]} rows, target {z_a_nd.shape[0]}: "
-                         "rows must be the same texts")
-    stats = from_arrays(z_b_nd, z_a_nd)
-    if isinstance(lam, str):
-        if lam not in ("gcv", "cv", "auto"):
-            try:
-                lam = float(lam)
-            except ValueError:
-                raise ValueError(f"lam must be a number, 'gcv', 'cv' or 'auto'; got {lam!r}") from None
-        else:
-            grid = default_lambda_grid(stats, num=13, lo=1e-6, hi=1e2)
-            if lam == "auto":
-                lam = "gcv" if z_b_nd.shape[0] > z_b_nd.shape[1] else "cv"
-            if lam == "gcv":
-                lam, _ = select_lambda_gcv(stats, grid)
-            else:
-                lam, _ = select_lambda_kfold(z_b_nd, z_a_nd, grid)
-    w, b = solve(stats, float(lam))
-    return AffineMap(w, b), float(lam)
+    amap = fit(np.asarray(z_b_nd, np.float32), np.asarray(z_a_nd, np.float32), lam, heldout=0.0)
+    return amap, amap.metadata.lam
 
 
 def apply_map(m, z_b_nd) -> np.ndarray:
     return np.asarray(m.apply(np.asarray(z_b_nd, np.float32)), np.float32)
+
+
+def save_map(amap, path, *, source: str, target: str, **details):
+    """Saves a study's map in linalign's map format, naming the two models.
+
+    Args:
+      amap: the fitted AffineMap (its metadata already holds lambda and how it was chosen).
+      path: the map file to write (replaced if it exists).
+      source, target: model names (asset names or checkpoint paths).
+      details: further metadata (``layer``, ``pooling``...); names the format does not have go
+        to its free-form ``extra``.
+
+    Returns:
+      The path written (``AffineMap.load`` reads it back).
+    """
+    from linalign.align.affine_map import AffineMap
+
+    md = amap.metadata
+    fields = {f.name for f in dataclasses.fields(md)}
+    top = {k: v for k, v in details.items() if k in fields and k != "extra"}
+    extra = {**(md.extra or {}), **{k: v for k, v in details.items() if k not in top}}
+    md = dataclasses.replace(md, source_model=str(source), target_model=str(target), extra=extra, **top)
+    return AffineMap(amap.w, amap.b, md).save(path, overwrite=True)
 
 
 def r2(pred_nd, target_nd) -> float:

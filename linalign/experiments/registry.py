@@ -38,7 +38,12 @@ def get(name: str) -> Study:
 
 
 def run(name: str, cfg: C.StudyConfig, command: str = ""):
-    """Runs a study, stamps the report with its command and timing, writes it; returns its folder."""
+    """Runs a study, stamps the report with its command and timing, writes it; returns its folder.
+
+    Failed models or pairs do not raise here: they are in the report's ``failures`` (see
+    ``linalign.experiments.pairs``); a failure before the pairs start (a corpus that cannot be
+    read, a bad option) does.
+    """
     study = get(name)
     t0 = time.time()
     rep = study.run(cfg)
@@ -49,6 +54,9 @@ def run(name: str, cfg: C.StudyConfig, command: str = ""):
     rep.results["wall_seconds"] = dt
     out = rep.write()
     logging.info("study %s done in %.0f s: %s", name, dt, out)
+    if rep.failures:
+        logging.warning("study %s: %d step(s) failed and were left out: %s", name, len(rep.failures),
+                        "; ".join(f"{f['step']}: {f['type']}" for f in rep.failures))
     return out
 
 

@@ -7,12 +7,15 @@
     z = extract.open_store("emb/minilm").read_all()
 
 Command line: ``python -m linalign.extract --model=all-minilm-l6-v2 --corpus=bbc_news
---out_dir=emb/minilm``.
+--out_dir=emb/minilm``; on several processes ``python -m linalign.distributed extract`` runs the
+same job (``linalign.extract.job``) and writes one store of one part per process.
 """
 
+from linalign.extract.job import load_texts
 from linalign.extract.pipeline import bucket_lengths, config_hash, extract
-from linalign.extract.store import (EmbeddingStore, StoreError, StoreWriter, TokenRows, open_store,
-                                    text_fingerprint)
+from linalign.extract.store import (EmbeddingStore, StoreError, StoreWriter, TokenRows, join_parts,
+                                    open_store, sha256_file, text_fingerprint)
 
 __all__ = ["EmbeddingStore", "StoreError", "StoreWriter", "TokenRows", "bucket_lengths",
-           "config_hash", "extract", "open_store", "text_fingerprint"]
+           "config_hash", "extract", "join_parts", "load_texts", "open_store", "sha256_file",
+           "text_fingerprint"]

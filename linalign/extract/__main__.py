@@ -8,13 +8,13 @@ r"""Extracts hidden states of a corpus into an embedding store.
 Rerunning the same command after an interruption resumes where it stopped; the result is
 identical to an uninterrupted run. ``--corpus`` takes a ``linalign.data.load_corpus`` spec
 (bbc_news, bbc_sentences, fortunes, ...), a .jsonl/.csv file, or a .txt file with one text per
-non-empty line.
+non-empty line, or several of these joined with '+' (``austen+bbc_sentences+fortunes``).
+The same job runs on many processes with ``python -m linalign.distributed extract``.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 
 from absl import app, flags, logging
@@ -28,7 +28,8 @@ _POOLING = flags.DEFINE_enum("pooling", None, ["mean", "last", "first"],
 _PER_TOKEN = flags.DEFINE_bool("per_token", False, "Store every token's state with offsets.")
 _MAX_LEN = flags.DEFINE_integer("max_length", None, "Max tokens per text (default: tokenizer's).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.")
-_MESH = flags.DEFINE_string("mesh", None, "Device mesh, e.g. data=8 (batch sharded over 'data').")
+_MESH = flags.DEFINE_string("mesh", None, "Device mesh (linalign.mesh syntax), e.g. data=8 or "
+                            "data=-1; the batch is sharded over 'data'.")
 _TRUNC = flags.DEFINE_enum("truncation", "warn", ["warn", "error", "silent"],
                            "What to do with texts longer than max_length.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
@@ -36,50 +37,23 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"
 _STORE_DTYPE = flags.DEFINE_enum("store_dtype", "float32", ["float32", "float16"],
                                  "dtype of the stored arrays.")
 _LAYER = flags.DEFINE_integer("layer", -1, "Hidden state index (-1: final, 0: embeddings).")
-_LIMIT = flags.DEFINE_integer("limit", None, "Only the first N texts.")
+_LIMIT = flags.DEFINE_integer("limit", None, "Only the first N texts (after --shuffle_seed).")
+_SHUFFLE = flags.DEFINE_integer("shuffle_seed", None, "Shuffle the texts with this seed first.")
 _SHARD_ROWS = flags.DEFINE_integer("shard_rows", 4096, "Texts per store shard.")
 _RESUME = flags.DEFINE_bool("resume", True, "Resume a matching partial store (else overwrite).")
 
 
-def load_texts(spec: str) -> tuple[list[str], str]:
-    """(texts, corpus name) from a .txt file or a linalign.data corpus spec."""
-    from linalign import data
-
-    p = pathlib.Path(spec)
-    if p.suffix == ".txt":
-        if not p.exists():
-            raise FileNotFoundError(f"corpus file {p} does not exist")
-        return list(data.load_txt(p).texts), p.name
-    c = data.load_corpus(spec)
-    return list(c.texts), c.name
-
-
 def main(argv):
     del argv
-    import jax
+    from linalign.extract.job import load_texts, run
 
-    from linalign import checkpoints, extract
-    from linalign.assets.store import cache_root
-
-    cache = pathlib.Path(cache_root()) / "xla"
-    # Compiled bucket shapes survive across runs (resumes and repeated extractions).
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    mesh = None
-    if _MESH.value:
-        from linalign.distributed.runtime import global_mesh, parse_mesh
-
-        mesh = global_mesh(parse_mesh(_MESH.value))
-    texts, corpus = load_texts(_CORPUS.value)
-    if _LIMIT.value:
-        texts = texts[: _LIMIT.value]
-    model = checkpoints.load(_MODEL.value, dtype=_DTYPE.value, mesh=mesh)
+    texts, corpus = load_texts(_CORPUS.value, limit=_LIMIT.value, shuffle_seed=_SHUFFLE.value)
     t0 = time.perf_counter()
-    st = extract.extract(model, texts, pooling=_POOLING.value, per_token=_PER_TOKEN.value,
-                         max_length=_MAX_LEN.value, batch_size=_BATCH.value, out_dir=_OUT.value,
-                         mesh=mesh, resume=_RESUME.value, truncation=_TRUNC.value,
-                         layer=_LAYER.value, store_dtype=_STORE_DTYPE.value,
-                         shard_rows=_SHARD_ROWS.value, extra_meta={"corpus": corpus})
+    st = run(_MODEL.value, texts, _OUT.value, corpus=corpus, mesh_spec=_MESH.value,
+             dtype=_DTYPE.value, pooling=_POOLING.value, per_token=_PER_TOKEN.value,
+             max_length=_MAX_LEN.value, batch_size=_BATCH.value, resume=_RESUME.value,
+             truncation=_TRUNC.value, layer=_LAYER.value, store_dtype=_STORE_DTYPE.value,
+             shard_rows=_SHARD_ROWS.value)
     m = st.manifest
     summary = {k: m.get(k) for k in ("model", "family", "pooling", "per_token", "num_rows", "dim",
                                       "max_length", "layer", "corpus")}

@@ -21,6 +21,15 @@ manifest is rewritten (also atomically) after each shard. A shard file that is n
 manifest does not exist as far as readers are concerned, so an interrupted writer always leaves a
 consistent prefix of rows and a new ``StoreWriter`` on the same directory resumes after it.
 
+A store may have several parts, one per process of a multi-process extraction
+(``linalign.extract.parts``): then ``manifest.json`` lists the parts instead of shards, each part
+is a one-part store in a subdirectory of the same name, and the rows are the parts' rows in
+order. Single-process extraction writes one part: the store directory itself. ``open_store``
+reads both, and the layout of earlier versions (a ``parts.json`` index beside the part
+directories). Every file name in a manifest is a plain name inside the store directory: no
+absolute paths, no ``..``, no path separators; a manifest that names anything else is refused
+before anything is read or deleted.
+
 Plain ``.npy`` files were chosen over safetensors/zarr because readers can memory-map them with
 numpy alone, and one file per shard makes the atomic-rename story trivial.
 """
@@ -32,14 +41,18 @@ import hashlib
 import json
 import os
 import pathlib
+import re
+import shutil
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from linalign.assets.store import sha256_file  # noqa: F401  (the package's one file digest)
 from linalign.atomic import atomic_file, atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LEGACY_PARTS_INDEX = "parts.json"  # earlier versions' index of a multi-process store
 SUPPORTED_DTYPES = ("float32", "float16", "float64")
 TOKEN_ARRAYS = ("lengths", "ids", "offsets")
 
@@ -72,14 +85,6 @@ def text_fingerprint(texts: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def _sha256_file(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _atomic_save_npy(path: pathlib.Path, arr: np.ndarray) -> str:
     """Writes ``arr`` to ``path`` atomically; returns its sha256."""
     with atomic_file(path) as tmp:
@@ -87,7 +92,7 @@ def _atomic_save_npy(path: pathlib.Path, arr: np.ndarray) -> str:
             np.save(f, arr, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
-        digest = _sha256_file(tmp)
+        digest = sha256_file(tmp)
     return digest
 
 
@@ -164,29 +169,30 @@ class StoreWriter:
                         dim=int(dim), num_rows=0, shards=[], complete=False)
         json.dumps(manifest)  # fail now, not after the first shard, on unserialisable meta
         mpath = self.path / MANIFEST
-        if mpath.exists():
+        if overwrite:
+            _clear_store_files(self.path)
+        elif mpath.exists() or (self.path / LEGACY_PARTS_INDEX).exists():
             old = _read_manifest(self.path)
+            if "parts" in old:
+                raise StoreError(f"{self.path} holds a store of {len(old['parts'])} parts; a writer "
+                                 "appends to a one-part store (pass overwrite=True or choose "
+                                 "another directory)")
             diffs = {k: (old.get(k), manifest.get(k)) for k in _IDENTITY_KEYS
                      if old.get(k) != manifest.get(k)}
-            if not diffs and not overwrite:
-                # Verify what is there before building on it; a corrupt shard raises.
-                EmbeddingStore(self.path, old).verify()
-                manifest = old
-            elif not overwrite:
+            if diffs:
                 raise StoreError(
                     f"{self.path} already holds a different store (differs in "
                     + ", ".join(f"{k}: {a!r} != {b!r}" for k, (a, b) in diffs.items())
                     + "); pass overwrite=True or choose another directory")
-            else:
-                for s in old.get("shards", []):
-                    for f in _shard_files(s):
-                        (self.path / f).unlink(missing_ok=True)
+            # Verify what is there before building on it; a corrupt shard raises.
+            EmbeddingStore(self.path, old).verify()
+            manifest = old
         self.manifest = manifest
         # Shards beyond the manifest are leftovers of an interrupted write; remove them so
         # a reader never mistakes them for data.
         listed = {f for s in manifest["shards"] for f in _shard_files(s)}
         for p in self.path.glob("shard-*"):
-            if p.name not in listed:
+            if p.name not in listed and p.is_file():
                 p.unlink()
         atomic_write_json(mpath, self.manifest)
 
@@ -274,41 +280,131 @@ def _shard_files(entry: dict) -> list[str]:
     return [entry["file"]] + [e["file"] for e in entry.get("extra", {}).values()]
 
 
+_PART_DIR = re.compile(r"^part-\d{5}-of-\d{5}$")
+
+
+def part_name(index: int, count: int) -> str:
+    """Directory name of part ``index`` of ``count`` inside a store."""
+    return f"part-{index:05d}-of-{count:05d}"
+
+
+def _clear_store_files(path: pathlib.Path) -> None:
+    """Removes what a store writes directly inside ``path``, by name pattern only.
+
+    The old manifest is deliberately not consulted: a manifest can name anything, and
+    overwriting a store must never delete a file outside it.
+    """
+    for p in path.iterdir():
+        if p.is_symlink():
+            if p.name.startswith("shard-") or _PART_DIR.match(p.name):
+                p.unlink()
+        elif p.is_file() and (p.name.startswith("shard-") or p.name == LEGACY_PARTS_INDEX):
+            p.unlink()
+        elif p.is_dir() and _PART_DIR.match(p.name):
+            shutil.rmtree(p)
+
+
+def check_file_name(name: Any, where: PathLike) -> str:
+    """``name`` if it is a plain file name inside a store directory, else StoreError.
+
+    Refused: non-strings, empty names, ``.``/``..``, absolute paths, and names containing a
+    path separator or NUL, so nothing a manifest lists can point outside its store.
+    """
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+            or "\x00" in name or os.path.isabs(name)):
+        raise StoreError(f"{where}: manifest entry {name!r} is not a file name inside the store "
+                         "(absolute paths, '..' and path separators are refused)")
+    return name
+
+
+def _legacy_parts_manifest(path: pathlib.Path) -> dict:
+    """The manifest equivalent of an earlier version's ``parts.json`` index."""
+    ipath = path / LEGACY_PARTS_INDEX
+    try:
+        idx = json.loads(ipath.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{ipath} is not valid JSON: {e}") from None
+    if idx.get("version") != 1 or not isinstance(idx.get("parts"), list):
+        raise StoreError(f"{ipath}: unsupported parts index (version {idx.get('version')!r})")
+    m = {k: v for k, v in idx.items() if k not in ("version", "corpus_fingerprint")}
+    m.update(format_version=FORMAT_VERSION, complete=True,
+             text_fingerprint=idx.get("corpus_fingerprint"))
+    return m
+
+
 def _read_manifest(path: pathlib.Path) -> dict:
     mpath = path / MANIFEST
     if not mpath.exists():
-        raise StoreError(f"{path} is not an embedding store: {MANIFEST} is missing")
-    try:
-        m = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise StoreError(f"{mpath} is not valid JSON: {e}") from None
-    if m.get("format_version") != FORMAT_VERSION:
+        if (path / LEGACY_PARTS_INDEX).exists():
+            m = _legacy_parts_manifest(path)
+        elif path.is_dir() and any(_PART_DIR.match(p.name) for p in path.iterdir()):
+            raise StoreError(f"{path} is not an embedding store: {MANIFEST} is missing, but it "
+                             "holds part directories: the multi-process extraction did not finish "
+                             "on every process; rerun it to complete the store")
+        else:
+            raise StoreError(f"{path} is not an embedding store: {MANIFEST} is missing")
+    else:
+        try:
+            m = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{mpath} is not valid JSON: {e}") from None
+    if not isinstance(m, dict) or m.get("format_version") != FORMAT_VERSION:
         raise StoreError(f"{mpath}: format_version {m.get('format_version')!r} not supported "
                          f"(expected {FORMAT_VERSION})")
-    for k in ("per_token", "dtype", "dim", "num_rows", "shards", "complete"):
+    listing = "parts" if "parts" in m else "shards"
+    for k in ("per_token", "dtype", "dim", "num_rows", listing, "complete"):
         if k not in m:
             raise StoreError(f"{mpath} lacks required field {k!r}")
+    if listing == "parts":
+        for p in m["parts"]:
+            check_file_name(p.get("name") if isinstance(p, dict) else p, mpath)
+    else:
+        for s in m["shards"]:
+            for f in _shard_files(s):
+                check_file_name(f, mpath)
     return m
 
 
 class EmbeddingStore:
-    """Read access to a store written by StoreWriter.
+    """Read access to a store: one part (written by StoreWriter) or several (``join_parts``).
 
-    Each shard is checked against the manifest (existence, shape, dtype, sha256) when it is
-    read; ``verify()`` checks all of them up front.
+    Rows are the parts' rows in order; shards are numbered across all parts. Each shard is
+    checked against its manifest (existence, shape, dtype, sha256) when it is read;
+    ``verify()`` checks all of them up front.
+
+    Attributes:
+      path: the store directory.
+      manifest: the store's own manifest (for several parts: the one listing them).
+      parts: the parts, as one-part EmbeddingStores (``[self]`` for a one-part store).
     """
 
     def __init__(self, path: PathLike, manifest: Optional[dict] = None):
         self.path = pathlib.Path(path)
         self.manifest = manifest if manifest is not None else _read_manifest(self.path)
-        rows = sum(int(s["rows"]) for s in self.manifest["shards"])
-        if rows != self.manifest["num_rows"]:
-            raise StoreError(f"{self.path}: manifest num_rows={self.manifest['num_rows']} but "
+        m = self.manifest
+        if "parts" in m:
+            self.parts = []
+            for p in m["parts"]:
+                name = p["name"] if isinstance(p, dict) else p
+                part = EmbeddingStore(self.path / check_file_name(name, self.path / MANIFEST))
+                if "parts" in part.manifest:
+                    raise StoreError(f"{part.path}: a part may not itself have parts")
+                for k in ("dim", "dtype", "per_token"):
+                    if part.manifest[k] != m[k]:
+                        raise StoreError(f"{self.path}: part {name} has {k}={part.manifest[k]!r}, "
+                                         f"the store says {m[k]!r}")
+                self.parts.append(part)
+        else:
+            self.parts = [self]
+        self._shards = [(part.path, s) for part in self.parts for s in part.manifest["shards"]]
+        rows = sum(int(s["rows"]) for _, s in self._shards)
+        if rows != m["num_rows"]:
+            raise StoreError(f"{self.path}: manifest num_rows={m['num_rows']} but "
                              f"shards hold {rows} rows")
-        for s in self.manifest["shards"]:
+        for d, s in self._shards:
             for f in _shard_files(s):
-                if not (self.path / f).exists():
-                    raise StoreError(f"{self.path}: shard file {f} listed in the manifest is missing")
+                if not (d / f).exists():
+                    raise StoreError(f"{d}: shard file {f} listed in the manifest is missing")
 
     @property
     def num_rows(self) -> int:
@@ -324,39 +420,59 @@ class EmbeddingStore:
 
     @property
     def complete(self) -> bool:
-        return bool(self.manifest["complete"])
+        return bool(self.manifest["complete"]) and all(p.manifest["complete"] for p in self.parts)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
+    def shard_rows(self) -> np.ndarray:
+        """[num_shards] int64 rows of each shard, in row order."""
+        return np.asarray([int(s["rows"]) for _, s in self._shards], np.int64)
+
+    def shard_digest(self) -> str:
+        """sha256 over every shard's recorded sha256, in order: the identity of the contents."""
+        return hashlib.sha256("".join(s["sha256"] for _, s in self._shards).encode()).hexdigest()
 
     def __len__(self) -> int:
         return self.num_rows
 
-    def _load(self, fname: str, sha: str, check: bool = True) -> np.ndarray:
-        p = self.path / fname
-        if check and _sha256_file(p) != sha:
-            raise StoreError(f"{self.path}: shard file {fname} is corrupt (sha256 mismatch)")
+    def _load(self, d: pathlib.Path, fname: str, sha: str, check: bool = True,
+              mmap: bool = False) -> np.ndarray:
+        p = d / fname
+        if check and sha256_file(p) != sha:
+            raise StoreError(f"{d}: shard file {fname} is corrupt (sha256 mismatch)")
         try:
-            return np.load(p, allow_pickle=False)
+            return np.load(p, allow_pickle=False, mmap_mode="r" if mmap else None)
         except (ValueError, OSError, EOFError) as e:
-            raise StoreError(f"{self.path}: shard file {fname} cannot be read: {e}") from None
+            raise StoreError(f"{d}: shard file {fname} cannot be read: {e}") from None
 
-    def read_shard(self, i: int) -> Union[np.ndarray, TokenRows]:
-        """Loads and checks shard ``i``: [rows, dim] array or TokenRows."""
-        s = self.manifest["shards"][i]
-        states = self._load(s["file"], s["sha256"])
+    def read_shard(self, i: int, *, check: bool = True, mmap: bool = False
+                   ) -> Union[np.ndarray, TokenRows]:
+        """Loads and checks shard ``i``: [rows, dim] array or TokenRows.
+
+        Args:
+          i: shard index over all parts.
+          check: verify the sha256 (skip only for shards verified already).
+          mmap: memory-map the states instead of reading them.
+        """
+        d, s = self._shards[i]
+        states = self._load(d, s["file"], s["sha256"], check, mmap)
         want_rows = s["tokens"] if self.per_token else s["rows"]
         if states.shape != (want_rows, self.dim) or states.dtype != np.dtype(self.manifest["dtype"]):
-            raise StoreError(f"{self.path}: shard file {s['file']} has shape {states.shape} "
+            raise StoreError(f"{d}: shard file {s['file']} has shape {states.shape} "
                              f"{states.dtype}, manifest says ({want_rows}, {self.dim}) "
                              f"{self.manifest['dtype']}")
         if not self.per_token:
             return states
-        ex = {k: self._load(e["file"], e["sha256"]) for k, e in s["extra"].items()}
+        ex = {k: self._load(d, e["file"], e["sha256"], check) for k, e in s["extra"].items()}
         if ex["lengths"].shape != (s["rows"],) or int(ex["lengths"].sum()) != s["tokens"]:
-            raise StoreError(f"{self.path}: {s['extra']['lengths']['file']} does not match the manifest")
+            raise StoreError(f"{d}: {s['extra']['lengths']['file']} does not match the manifest")
         return TokenRows(states, ex["lengths"], ex["ids"], ex["offsets"])
 
     def verify(self) -> None:
         """Checks every shard's sha256 and shape; raises StoreError naming the first bad file."""
-        for i in range(len(self.manifest["shards"])):
+        for i in range(self.num_shards):
             self.read_shard(i)
 
     def iter_batches(self, batch_size: int) -> Iterator[Union[np.ndarray, TokenRows]]:
@@ -372,7 +488,7 @@ class EmbeddingStore:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         pending: list = []
         n_pending = 0
-        for i in range(len(self.manifest["shards"])):
+        for i in range(self.num_shards):
             shard = self.read_shard(i)
             pending.append(shard)
             n_pending += len(shard)
@@ -386,7 +502,7 @@ class EmbeddingStore:
 
     def read_all(self) -> Union[np.ndarray, TokenRows]:
         """All rows: [num_rows, dim] array, or TokenRows for a per-token store."""
-        shards = [self.read_shard(i) for i in range(len(self.manifest["shards"]))]
+        shards = [self.read_shard(i) for i in range(self.num_shards)]
         if not shards:
             if self.per_token:
                 return TokenRows(np.zeros((0, self.dim), self.manifest["dtype"]),
@@ -404,22 +520,123 @@ class EmbeddingStore:
         return buf.slice_rows(a, b) if self.per_token else buf[a:b]
 
 
+def _unjoined_manifest(path: pathlib.Path) -> Optional[dict]:
+    """An in-memory manifest over the parts written so far of a store still being extracted
+    (several processes, no store manifest yet); None when ``path`` holds no part directories."""
+    if not path.is_dir():
+        return None
+    names = sorted(p.name for p in path.iterdir() if _PART_DIR.match(p.name)
+                   and (p / MANIFEST).exists())
+    if not names:
+        return None
+    counts = {n.rsplit("-of-", 1)[1] for n in names}
+    if len(counts) != 1:
+        raise StoreError(f"{path} holds parts of jobs of different sizes: {names}")
+    parts = [_read_manifest(path / n) for n in names]
+    first = parts[0]
+    m = {k: first.get(k) for k in _PART_KEYS}
+    m.update(format_version=FORMAT_VERSION, complete=False,
+             num_rows=sum(int(x["num_rows"]) for x in parts),
+             parts=[{"name": n} for n in names],
+             text_fingerprint=(first.get("part") or {}).get("corpus_fingerprint"))
+    return m
+
+
 def open_store(path: PathLike, *, require_complete: bool = True, verify: bool = False) -> EmbeddingStore:
-    """Opens an embedding store.
+    """Opens an embedding store: one part, several parts, or the earlier ``parts.json`` layout.
 
     Args:
       path: store directory.
-      require_complete: raise if the writer never finished (an interrupted extraction).
+      require_complete: raise if the writer never finished (an interrupted extraction). With
+        False, a multi-process store still being written (no store manifest yet) opens as the
+        rows its parts have committed so far.
       verify: check every shard's sha256 now rather than as each is read.
 
     Raises:
       StoreError: missing manifest or shard, corrupt shard, incomplete store.
     """
-    store = EmbeddingStore(path)
+    p = pathlib.Path(path)
+    if not require_complete and not (p / MANIFEST).exists() and not (p / LEGACY_PARTS_INDEX).exists():
+        m = _unjoined_manifest(p)
+        store = EmbeddingStore(p, m) if m is not None else EmbeddingStore(p)
+    else:
+        store = EmbeddingStore(p)
     if require_complete and not store.complete:
+        if len(store.parts) > 1:
+            raise StoreError(f"{path}: a part is incomplete; rerun the extraction to resume it")
         raise StoreError(f"{path} is incomplete ({store.num_rows} of "
                          f"{store.manifest.get('total_rows', '?')} rows written); rerun the "
                          "extraction to resume it, or pass require_complete=False")
     if verify:
         store.verify()
+    return store
+
+
+# Fields every part of one store must agree on (rows of different models, widths, poolings or
+# layers cannot be one sequence of rows).
+_PART_KEYS = ("model", "model_fingerprint", "config_hash", "tokenizer", "pooling", "per_token",
+              "dtype", "dim", "max_length", "layer", "add_special_tokens", "truncation")
+
+
+def join_parts(path: PathLike, names: Sequence[str], **meta: Any) -> EmbeddingStore:
+    """Makes the one-part stores ``path/<name>`` one store of several parts, in that order.
+
+    Everything is checked before the store's manifest is written (atomically, last), so a
+    failure leaves no store at ``path``, never a half-joined one. When the parts carry the
+    ``part`` record of a multi-process extraction (row range, corpus size and fingerprint),
+    the ranges must tile the corpus.
+
+    Args:
+      path: the store directory holding the part directories.
+      names: part directory names (plain names inside ``path``).
+      **meta: more provenance for the manifest (e.g. corpus).
+
+    Returns:
+      The joined EmbeddingStore.
+
+    Raises:
+      StoreError: a part missing, incomplete or corrupt; parts of different widths, models,
+        poolings, layers or dtypes (naming the part and the fields); row ranges that do not
+        tile the corpus.
+    """
+    root = pathlib.Path(path)
+    if not names:
+        raise StoreError(f"{root}: no parts to join")
+    parts, first, rows = [], None, 0
+    for name in names:
+        check_file_name(name, root)
+        try:
+            st = open_store(root / name)
+        except StoreError as e:
+            raise StoreError(f"store {root}: part {name}: {e}") from None
+        if "parts" in st.manifest:
+            raise StoreError(f"store {root}: part {name} itself has parts")
+        m = st.manifest
+        key = {k: m.get(k) for k in _PART_KEYS}
+        info = m.get("part") or {}
+        if info:
+            key["corpus_fingerprint"] = info.get("corpus_fingerprint")
+            key["corpus_rows"] = info.get("corpus_rows")
+            lo, hi = (info.get("rows") or [None, None])
+            if lo != rows or hi is None or hi - lo != st.num_rows:
+                raise StoreError(f"store {root}: part {name} holds rows {info.get('rows')} "
+                                 f"({st.num_rows} stored); expected it to start at row {rows}")
+        if first is None:
+            first = key
+        elif key != first:
+            diff = ", ".join(f"{k}: {key[k]!r} != {first[k]!r}" for k in key if key[k] != first[k])
+            raise StoreError(f"store {root}: part {name} differs from part {names[0]} in {diff}; "
+                             "the parts of one store must come from the same model and settings")
+        parts.append({"name": name, "rows": [rows, rows + st.num_rows]})
+        rows += st.num_rows
+    corpus_rows = first.pop("corpus_rows", None)
+    corpus_fp = first.pop("corpus_fingerprint", None)
+    if corpus_rows is not None and rows != corpus_rows:
+        raise StoreError(f"store {root}: the parts hold {rows} rows, the corpus has {corpus_rows}")
+    manifest = {**meta, **first, "format_version": FORMAT_VERSION, "num_rows": rows,
+                "total_rows": rows, "parts": parts, "complete": True,
+                "text_fingerprint": corpus_fp}
+    json.dumps(manifest)
+    store = EmbeddingStore(root, manifest)  # checks again exactly what will be written
+    atomic_write_json(root / MANIFEST, manifest)
     return store

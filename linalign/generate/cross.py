@@ -26,8 +26,8 @@ after prefill). Batch size is 1: re-tokenization is per sequence and happens on 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Callable, Optional
+import os
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,13 +56,38 @@ class CrossGeneration:
     rollbacks: int = 0
 
 
-def as_map_fn(map_fn) -> Callable:
-    """Accepts a jittable callable h[..., d_src] -> [..., d_tgt] or a (W [d_src, d_tgt], b [d_tgt]) pair."""
+def as_map_fn(map_fn, d_src: Optional[int] = None, d_tgt: Optional[int] = None) -> Callable:
+    """The map as a jittable h[..., d_src] -> [..., d_tgt].
+
+    Args:
+      map_fn: a saved map (its ``.safetensors`` file, or a folder holding map.safetensors; read
+        with ``AffineMap.load``), an ``AffineMap``, a (W [d_src, d_tgt], b [d_tgt]) pair, or a
+        jittable callable (used as is).
+      d_src, d_tgt: the source and target hidden sizes, checked against W when given.
+
+    Raises:
+      ValueError: W or b does not fit the two models' hidden sizes.
+    """
+    if isinstance(map_fn, (str, os.PathLike)):
+        from linalign.align.affine_map import AffineMap
+
+        map_fn = AffineMap.load(map_fn)
+    if hasattr(map_fn, "w") and hasattr(map_fn, "b"):  # an AffineMap: use its arrays in the jitted step
+        map_fn = (map_fn.w, map_fn.b)
     if callable(map_fn):
         return map_fn
     w, b = map_fn
     w, b = jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)
+    if w.ndim != 2 or b.shape != (w.shape[1],):
+        raise ValueError(f"the map needs W [d_src, d_tgt] and b [d_tgt], got {w.shape} and {b.shape}")
+    if (d_src is not None and w.shape[0] != d_src) or (d_tgt is not None and w.shape[1] != d_tgt):
+        raise ValueError(f"the map's W is {tuple(w.shape)} but the source's hidden size is {d_src} and the "
+                         f"target's {d_tgt}: it was fitted for other models")
     return lambda h: jnp.einsum("...s,st->...t", h.astype(jnp.float32), w) + b
+
+
+def _hidden_size(model) -> Optional[int]:
+    return getattr(getattr(model, "config", None), "hidden_size", None)
 
 
 def _common_prefix(a: list, b: list) -> int:
@@ -79,12 +104,12 @@ class CrossDecoder:
 
     Args:
       source, target: loaded causal models (``module``, ``params``, ``tokenizer``, ``config``).
-      map_fn: see ``as_map_fn``.
+      map_fn: see ``as_map_fn`` (a saved map's path, an AffineMap, (W, b) or a callable).
     """
 
     def __init__(self, source, map_fn, target):
         self.source, self.target = source, target
-        self.map_fn = as_map_fn(map_fn)
+        self.map_fn = as_map_fn(map_fn, _hidden_size(source), _hidden_size(target))
         src_mod, tgt_mod = source.module, target.module
 
         def head(tgt_params, h_bd):

@@ -37,19 +37,28 @@ def test_fit_from_stores_matches_direct_solve(tmp_path):
     tgt = open_embeddings(_store(tmp_path / "a", z_a, "model-a"))
     res = fitting.fit_sources(src, tgt, lam=2.0, val_fraction=0.2, seed=3, batch_size=256,
                               progress=False)
-    is_val = fitting._split_mask(len(z_b), 0.2, 3)
-    w, b = align.solve(align.from_arrays(z_b[~is_val], z_a[~is_val]), 2.0)
-    np.testing.assert_allclose(np.asarray(res.map.w), np.asarray(w), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(res.map.b), np.asarray(b), rtol=1e-4, atol=1e-5)
-    assert res.report["n_train"] == 1200 and res.report["n_val"] == 300
+    is_val = fitting.heldout_mask(np.arange(len(z_b)), 0.2, 3)
+    assert 200 < is_val.sum() < 400
+    x, y = z_b[~is_val].astype(np.float64), z_a[~is_val].astype(np.float64)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    w = np.linalg.solve(xc.T @ xc + 2.0 * np.eye(x.shape[1]), xc.T @ yc)
+    b = y.mean(0) - x.mean(0) @ w
+    np.testing.assert_allclose(np.asarray(res.map.w), w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(res.map.b), b, rtol=1e-4, atol=1e-5)
+    assert res.report["n_train"] == (~is_val).sum() and res.report["n_val"] == is_val.sum()
+    # Held-out R^2 comes exactly from the held-out rows' statistics.
     direct = res.map.evaluate(z_b[is_val], z_a[is_val])
-    np.testing.assert_allclose(res.report["val"]["r2"], direct["r2"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(res.report["val"]["r2"], direct["r2"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.report["val"]["cosine"], direct["cosine"], rtol=1e-6, atol=1e-7)
     assert res.report["val"]["r2"] > 0.8
-    assert res.map.metadata.source_model == "model-b" and res.map.metadata.pooling == "mean"
+    md = res.map.metadata
+    assert md.source_model == "model-b" and md.pooling == "mean" and md.lam_selection == "fixed"
+    assert md.heldout["r2"] == res.report["val"]["r2"] and md.n == res.report["n_train"]
     out = fitting.write_fit(res, tmp_path / "out")
-    assert {p.name for p in out.iterdir()} == {"map", "report.json", "report.md"}
-    loaded = align.AffineMap.load(out / "map")
+    assert {p.name for p in out.iterdir()} == {"map.safetensors", "report.json", "report.md"}
+    loaded = align.AffineMap.load(out)
     np.testing.assert_allclose(np.asarray(loaded.w), np.asarray(res.map.w), rtol=0, atol=0)
+    assert "lam=2 (fixed), n=" in repr(loaded) and "held-out R^2=" in repr(loaded)
 
 
 def test_differing_text_fingerprints_are_refused(tmp_path):
@@ -78,13 +87,14 @@ def test_cli_on_npy_selects_lambda_and_writes_outputs(tmp_path):
                  f"--out_dir={tmp_path / 'out'}", "--lam_grid=0.01,1,100,1e4",
                  "--val_fraction=0.25", "--mesh=data=4,model=2", "--batch_size=300")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "held-out R^2" in r.stdout
+    assert "held-out R^2" in r.stdout and "kfold-5" in r.stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["lambda_selection"] == "held-out MSE"
+    assert report["lambda_selection"] == "kfold-5" and report["lambda_spec"] == "auto"
     assert report["lambda"] in (0.01, 1.0, 100.0, 1e4)
-    assert len(report["lambda_scores"]) == 4
+    assert len(report["scores"]) == 4 and sum(report["fold_rows"]) == report["n_train"]
     assert (tmp_path / "out" / "lambda.png").stat().st_size > 1000
-    assert 0 <= report["cka"]["source_vs_target"] <= 1
+    m = align.AffineMap.load(tmp_path / "out" / "map.safetensors")
+    assert m.metadata.lam == report["lambda"] and m.metadata.source_model == "b"
 
 
 def test_cli_nan_row_leaves_no_output(tmp_path):
@@ -113,14 +123,27 @@ def test_mismatched_rows_and_bad_files(tmp_path):
         open_embeddings(tmp_path / "none.npy")
 
 
-def test_report_train_metrics_without_holdout(tmp_path):
+def test_gcv_without_holdout_and_gcv_refused_when_rows_do_not_exceed_width(tmp_path):
     z_b, z_a = _pair(n=400)
     np.save(tmp_path / "b.npy", z_b)
     np.save(tmp_path / "a.npy", z_a)
-    res = fitting.fit_sources(open_embeddings(tmp_path / "b.npy"), open_embeddings(tmp_path / "a.npy"),
-                              lam_grid=[0.1, 10.0, 1000.0], val_fraction=0.0, progress=False)
-    assert res.report["lambda_selection"] == "GCV" and "val" not in res.report
+    src, tgt = open_embeddings(tmp_path / "b.npy"), open_embeddings(tmp_path / "a.npy")
+    res = fitting.fit_sources(src, tgt, lam="gcv", lam_grid=[0.1, 10.0, 1000.0], val_fraction=0.0,
+                              progress=False)
+    assert res.report["lambda_selection"] == "gcv" and "val" not in res.report
     direct = res.map.evaluate(z_b, z_a)
-    np.testing.assert_allclose(res.report["train"]["cosine"], direct["cosine"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.report["train"]["r2"], direct["r2"], rtol=1e-4, atol=1e-5)
-    assert res.report["cka"]["on"] == "train"
+    # n = 20 <= d_b = 24: GCV is refused and k-fold CV used, with the reason recorded.
+    m = align.AffineMap.load(fitting.write_fit(fitting.fit_sources(
+        open_embeddings(tmp_path / "b.npy"), open_embeddings(tmp_path / "a.npy"), lam="gcv",
+        val_fraction=0.95, progress=False), tmp_path / "small"))
+    assert m.metadata.lam_selection == "kfold-5" and m.metadata.lam_spec == "gcv"
+    assert "n <= d_b" in m.metadata.extra["gcv_refused"]
+
+
+def test_cli_bad_lambda_spec_is_refused_before_reading(tmp_path):
+    r = _run_cli(f"--source={tmp_path / 'missing.npy'}", f"--target={tmp_path / 'missing.npy'}",
+                 f"--out_dir={tmp_path / 'out'}", "--lam=ridge")
+    assert r.returncode != 0
+    assert "--lam: lam must be a number, 'gcv', 'cv' or 'auto'; got 'ridge'" in r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ import pytest
 
 from linalign import align
 from linalign.align import stats as st
+from linalign.mesh import make_mesh
 
 
 def _data(n=600, d_b=24, d_a=16, mean=0.0, seed=0):
@@ -71,7 +72,7 @@ def test_mask_ignores_rows():
 @pytest.mark.parametrize("mesh_spec", ["data=8", "data=4,model=2"])
 def test_sharded_accumulation_equals_single_device(mesh_spec):
     z_b, z_a = _data(n=1003)  # not a multiple of the data axis: padding rows are masked
-    mesh = align.parse_mesh(mesh_spec)
+    mesh = make_mesh(mesh_spec)
     acc = align.Accumulator(z_b.shape[1], z_a.shape[1], mesh=mesh)
     for lo in range(0, 1003, 250):
         acc.add(z_b[lo:lo + 250], z_a[lo:lo + 250])
@@ -87,7 +88,7 @@ def test_sharded_accumulation_equals_single_device(mesh_spec):
 
 def test_sharded_update_makes_no_hidden_host_transfers():
     z_b, z_a = _data(n=64)
-    mesh = align.parse_mesh("data=4,model=2")
+    mesh = make_mesh("data=4,model=2")
     acc = align.Accumulator(z_b.shape[1], z_a.shape[1], mesh=mesh)
     acc.add(z_b, z_a)  # compile outside the guard
     rows = acc._in_shardings[0]
@@ -108,9 +109,9 @@ def test_sharding_rules_refuse_collisions():
 
 def test_parse_mesh_errors():
     with pytest.raises(ValueError, match="needs 64 devices"):
-        align.parse_mesh("data=64")
+        make_mesh("data=64")
     with pytest.raises(ValueError, match="name=size"):
-        align.parse_mesh("data")
+        make_mesh("data")
 
 
 def test_float32_accurate_with_mean_far_from_zero():

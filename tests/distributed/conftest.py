@@ -61,6 +61,22 @@ def run_cli(cmd, devices: int = 8, timeout: float = 300) -> subprocess.Completed
     return proc
 
 
-def load_npz(path) -> dict:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+def brute_force_cv(z_b: np.ndarray, z_a: np.ndarray, grid, k: int = 5, seed: int = 0) -> np.ndarray:
+    """[L] summed held-out squared error of k-fold CV, refitting on the raw rows of each fold.
+
+    Folds are ``fold_of`` the row index (what the streaming fit uses); every fit is a float64
+    centred ridge solve from the rows themselves, not from any statistics.
+    """
+    from linalign.align.lambdas import fold_of
+
+    x, y = z_b.astype(np.float64), z_a.astype(np.float64)
+    fold = fold_of(np.arange(len(x)), k, seed)
+    out = np.zeros(len(grid))
+    for j in range(k):
+        tr, te = fold != j, fold == j
+        mx, my = x[tr].mean(0), y[tr].mean(0)
+        xc, yc = x[tr] - mx, y[tr] - my
+        for i, lam in enumerate(grid):
+            w = np.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T @ yc)
+            out[i] += np.sum((x[te] @ w + (my - mx @ w) - y[te]) ** 2)
+    return out

@@ -1,23 +1,22 @@
-"""Per-process extraction into a parted store, and a multi-process extract-then-fit pipeline."""
+"""Extraction into a store of one part per process, read back by every command."""
 
 import json
-import os
-import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env, fit_cmd, load_npz
+from conftest import REPO, cli_env
 
 sys.path.insert(0, str(REPO / "tests" / "models"))
 from encoder_parity import tiny_model_dir  # noqa: E402
 
 from linalign import checkpoints, extract as extract_lib  # noqa: E402
-from linalign.distributed import extract as dextract  # noqa: E402
-from linalign.distributed.streaming_fit import FitInputError, open_rows  # noqa: E402
-from linalign.extract.store import StoreError  # noqa: E402
+from linalign.align.sources import open_embeddings, open_token_pairs  # noqa: E402
+from linalign.extract import job  # noqa: E402
+from linalign.extract.store import StoreError, join_parts, open_store, part_name  # noqa: E402
 
 RNG = np.random.default_rng(1)
 TEXTS = [" ".join(f"w{RNG.integers(0, 90)}" for _ in range(RNG.integers(1, 30))) for _ in range(37)]
@@ -35,78 +34,124 @@ def test_parts_read_back_as_the_whole_corpus(tiny, tmp_path):
     _, model = tiny
     whole = extract_lib.extract(model, TEXTS, **KW)
     for p in range(3):
-        part = dextract.extract_part(model, TEXTS, tmp_path, p, 3, corpus="t", **KW)
+        part = job.extract_part(model, TEXTS, tmp_path, p, 3, corpus="t", **KW)
         lo, hi = part.manifest["part"]["rows"]
         assert part.num_rows == hi - lo
-    index = dextract.write_index(tmp_path, 3)
-    assert index["num_rows"] == len(TEXTS) and [p["rows"] for p in index["parts"]] == [[0, 13], [13, 25], [25, 37]]
-    parted = dextract.open_parted(tmp_path)
+    st = join_parts(tmp_path, [part_name(p, 3) for p in range(3)])
+    assert [p["rows"] for p in st.manifest["parts"]] == [[0, 13], [13, 25], [25, 37]]
+    assert st.manifest["text_fingerprint"] == extract_lib.text_fingerprint(TEXTS)
     # Other batch compositions than the whole-corpus run: equal to float32 rounding.
-    np.testing.assert_allclose(parted.read_all(), whole, rtol=1e-5, atol=1e-6)
-    rows = open_rows(str(tmp_path))  # the streaming fit's reader crosses part boundaries
-    np.testing.assert_array_equal(rows.read(10, 30), parted.read_all()[10:30])
-    assert rows.num_rows == len(TEXTS) and rows.identity()["kind"] == "parted_store"
+    np.testing.assert_allclose(open_store(tmp_path).read_all(), whole, rtol=1e-5, atol=1e-6)
+    src = open_embeddings(tmp_path)  # the fits' reader crosses part boundaries
+    np.testing.assert_array_equal(src.read(10, 30), open_store(tmp_path).read_all()[10:30])
 
 
 def test_missing_or_mismatched_parts_are_refused(tiny, tmp_path):
     _, model = tiny
-    dextract.extract_part(model, TEXTS, tmp_path, 0, 2, **KW)
+    names = [part_name(0, 2), part_name(1, 2)]
+    job.extract_part(model, TEXTS, tmp_path, 0, 2, **KW)
     with pytest.raises(StoreError, match="part-00001-of-00002"):
-        dextract.write_index(tmp_path, 2)
-    with pytest.raises(StoreError, match="no parts.json"):
-        dextract.open_parted(tmp_path)
-    dextract.extract_part(model, TEXTS, tmp_path, 1, 2, **{**KW, "pooling": "first"})
+        join_parts(tmp_path, names)
+    with pytest.raises(StoreError, match="did not finish on every process"):
+        open_embeddings(tmp_path)
+    job.extract_part(model, TEXTS, tmp_path, 1, 2, **{**KW, "pooling": "first"})
     with pytest.raises(StoreError, match="pooling"):
-        dextract.write_index(tmp_path, 2)
-    # A part extracted from another corpus is refused as well.
-    other = tmp_path / "other"
-    dextract.extract_part(model, TEXTS, other, 0, 2, **KW)
-    dextract.extract_part(model, TEXTS[:-1], other, 1, 2, **KW)
+        join_parts(tmp_path, names)
+    other = tmp_path / "other"  # a part extracted from another corpus
+    job.extract_part(model, TEXTS, other, 0, 2, **KW)
+    job.extract_part(model, TEXTS[:-1], other, 1, 2, **KW)
     with pytest.raises(StoreError, match="rows|corpus_fingerprint"):
-        dextract.write_index(other, 2)
-    assert not (other / "parts.json").exists() and not (tmp_path / "parts.json").exists()
-    (tmp_path / "parts.json").write_text("{not json")
-    with pytest.raises(FitInputError, match="parts.json"):
-        open_rows(str(tmp_path))
+        join_parts(other, names)
+    assert not (other / "manifest.json").exists() and not (tmp_path / "manifest.json").exists()
     with pytest.raises(ValueError, match="would get none"):
-        dextract.extract_part(model, TEXTS[:2], tmp_path / "few", 2, 3, **KW)
+        job.extract_part(model, TEXTS[:2], tmp_path / "few", 2, 3, **KW)
+
+
+def _launch(tmp_path, *cmd):
+    env = cli_env(2)
+    env["PYTHON"] = sys.executable
+    env["LINALIGN_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.run(["bash", str(REPO / "launch" / "local_cpu.sh"), "-n", "2", "-m", "1",
+                           "-t", "300", "--", *cmd], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=360)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return proc
 
 
 @pytest.mark.slow
-def test_two_processes_extract_then_fit(tiny, tmp_path):
-    """Two processes x two CPU devices extract both models' states into parted stores through
-    launch/local_cpu.sh, then fit the map on two processes; everything equals one process."""
+def test_two_process_extraction_is_read_by_linalign_fit(tiny, tmp_path):
+    """Two processes extract both models through launch/local_cpu.sh; the single-host
+    ``python -m linalign.fit`` reads the stores and writes a map that ``AffineMap.load`` and
+    ``python -m linalign.helix query`` read."""
+    from linalign.align.affine_map import AffineMap
+
     bert_dir, bert = tiny
     mpnet_dir, _ = tiny_model_dir(tmp_path, "mpnet")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(TEXTS) + "\n")
-    env = cli_env(2)
-    env["PYTHON"] = sys.executable
-    env["LINALIGN_CACHE"] = str(tmp_path / "cache")
-
-    def launch(*cmd):
-        proc = subprocess.run(["bash", str(REPO / "launch" / "local_cpu.sh"), "-n", "2", "-m", "2",
-                               "-t", "300", "--", *cmd], env=env, cwd=REPO, capture_output=True,
-                              text=True, timeout=360)
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-        return proc
-
     for name, d in (("zb", bert_dir), ("za", mpnet_dir)):
-        launch(sys.executable, "-m", "linalign.distributed", "extract", f"--model={d}",
-               f"--corpus={corpus}", f"--out_dir={tmp_path / name}", "--pooling=mean",
-               "--max_length=40", "--forward_batch=4", "--truncation=silent")
-    index = json.loads((tmp_path / "zb" / "parts.json").read_text())
-    assert [p["name"] for p in index["parts"]] == ["part-00000-of-00002", "part-00001-of-00002"]
-    z_b = dextract.open_parted(tmp_path / "zb").read_all()
-    z_a = dextract.open_parted(tmp_path / "za").read_all()
-    np.testing.assert_allclose(z_b, extract_lib.extract(bert, TEXTS, **KW), rtol=1e-5, atol=1e-5)
+        _launch(tmp_path, sys.executable, "-m", "linalign.distributed", "extract", f"--model={d}",
+                f"--corpus={corpus}", f"--out_dir={tmp_path / name}", "--pooling=mean",
+                "--max_length=40", "--forward_batch=4", "--truncation=silent")
+    m = json.loads((tmp_path / "zb" / "manifest.json").read_text())
+    assert [p["name"] for p in m["parts"]] == [part_name(0, 2), part_name(1, 2)]
+    np.testing.assert_allclose(open_store(tmp_path / "zb").read_all(),
+                               extract_lib.extract(bert, TEXTS, **KW), rtol=1e-5, atol=1e-5)
+    env = cli_env(1)
+    env["LINALIGN_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.run([sys.executable, "-m", "linalign.fit", f"--source={tmp_path / 'zb'}",
+                           f"--target={tmp_path / 'za'}", f"--out_dir={tmp_path / 'fit'}",
+                           "--lam=rel:1e-2", "--val_fraction=0"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    amap = AffineMap.load(tmp_path / "fit")
+    assert amap.metadata.n == len(TEXTS) and amap.metadata.lam_selection == "fixed-relative"
+    # ... and HELIX serves a head for it: the client maps with the file and gets encrypted scores.
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(amap.d_a, 3))
+    np.savez(tmp_path / "head.npz", v_dk=v, c_k=rng.normal(size=3))
+    z = open_store(tmp_path / "zb").read_all()[:2]
+    np.save(tmp_path / "q.npy", z)
+    helix = [sys.executable, "-m", "linalign.helix"]
+    server = subprocess.Popen(helix + ["serve", "--port=0", f"--port_file={tmp_path / 'port'}",
+                                       f"--head={tmp_path / 'head.npz'}", "--max_connections=1",
+                                       "--max_seconds=300"], env=env, cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if (tmp_path / "port").exists() or server.poll() is not None:
+                break
+            time.sleep(0.2)
+        q = subprocess.run(helix + ["query", f"--port={(tmp_path / 'port').read_text()}",
+                                    f"--map={tmp_path / 'fit'}", f"--embeddings={tmp_path / 'q.npy'}",
+                                    f"--out={tmp_path / 's.npy'}"], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+        assert q.returncode == 0, q.stderr[-3000:]
+    finally:
+        server.kill()
+    want = np.asarray(amap(z), np.float64) @ v + np.load(tmp_path / "head.npz")["c_k"]
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), want, rtol=1e-3, atol=1e-3)
 
-    launch(*fit_cmd(str(tmp_path / "zb"), str(tmp_path / "za"), tmp_path / "fit", "--batch_size=8",
-                    "--mesh=data=4", "--checkpoint_every=2", "--lam=1e-1"))
-    st = load_npz(tmp_path / "fit" / "stats.npz")
-    x, y = z_b.astype(np.float64), z_a.astype(np.float64)
-    xc, yc = x - x.mean(0), y - y.mean(0)
-    assert int(st["n"]) == len(TEXTS)
-    np.testing.assert_allclose(st["c_ba"], xc.T @ yc, rtol=1e-4, atol=1e-4)
-    w = np.linalg.solve(xc.T @ xc + 1e-1 * np.eye(x.shape[1]), xc.T @ yc)
-    np.testing.assert_allclose(load_npz(tmp_path / "fit" / "map.npz")["W"], w, rtol=1e-3, atol=1e-3)
+
+@pytest.mark.slow
+def test_two_process_per_token_extraction_keeps_offsets(tiny, tmp_path):
+    bert_dir, bert = tiny
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n")
+    _launch(tmp_path, sys.executable, "-m", "linalign.distributed", "extract",
+            f"--model={bert_dir}", f"--corpus={corpus}", f"--out_dir={tmp_path / 'tok'}",
+            "--per_token", "--max_length=40", "--forward_batch=4", "--truncation=silent",
+            "--shard_rows=8")
+    st = open_store(tmp_path / "tok", verify=True)
+    assert st.per_token and len(st.parts) == 2 and st.num_rows == len(TEXTS)
+    ref = extract_lib.extract(bert, TEXTS, per_token=True, max_length=40, batch_size=4,
+                              truncation="silent", progress=False)
+    got = st.read_all()
+    np.testing.assert_array_equal(got.offsets_n2, ref.offsets_n2)
+    np.testing.assert_array_equal(got.lengths_b, ref.lengths_b)
+    np.testing.assert_allclose(got.states_nd, ref.states_nd, rtol=1e-5, atol=1e-5)
+    # A store paired with itself: every real token pairs with itself.
+    src, tgt, text_of = open_token_pairs(tmp_path / "tok", tmp_path / "tok", progress=False)
+    np.testing.assert_array_equal(src.read(0, src.num_rows), tgt.read(0, tgt.num_rows))
+    assert src.num_rows == int((ref.offsets_n2[:, 1] > ref.offsets_n2[:, 0]).sum())
+    assert text_of[0] == 0 and text_of[-1] == len(TEXTS) - 1

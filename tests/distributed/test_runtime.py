@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from linalign.distributed import runtime
+from linalign.mesh import make_mesh
 
 
 def test_explicit_args_win_over_environment():
@@ -76,17 +77,10 @@ def test_shard_arguments_checked():
         runtime.shard_for_process([1, 2], 0, 2, "random")
 
 
-def test_parse_mesh_and_global_mesh():
-    assert runtime.parse_mesh("data=2, model=4") == {"data": 2, "model": 4}
-    with pytest.raises(ValueError, match="name=size"):
-        runtime.parse_mesh("data:2")
-    mesh = runtime.global_mesh(runtime.parse_mesh("data=-1,model=4"))
-    assert dict(mesh.shape) == {"data": jax.device_count() // 4, "model": 4}
-    ids = np.vectorize(lambda d: d.id)(mesh.devices)
-    assert ids.ravel().tolist() == sorted(ids.ravel().tolist())
-    with pytest.raises(ValueError, match="needs 6 devices"):
-        runtime.global_mesh({"data": 3, "model": 2})
+def test_local_data_shards_of_a_one_process_mesh():
+    mesh = make_mesh("data=-1,model=4")
     assert runtime.local_data_shards(mesh) == (0, mesh.shape["data"])
+    assert runtime.contiguous_bounds(10, 1, 3) == (4, 7)
 
 
 def test_initialize_single_process_is_a_no_op(monkeypatch):

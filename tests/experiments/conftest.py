@@ -6,6 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from linalign.experiments import common as C
+
 WORDS = ("the market rose as shares in tech firms gained while the team won the match and the "
          "minister said the new film was a hit with fans of music and sport in london today").split()
 
@@ -96,3 +98,82 @@ def tiny_corpora(tmp_path_factory):
     public = root / "public.jsonl"
     public.write_text("\n".join(json.dumps({"text": t}) for t in _sentences(80, 99)) + "\n")
     return {"task": str(task), "public": str(public)}
+
+
+
+MASSIVE_DIMS = (3, 17, 42)
+
+
+def _llama_sharing_tokenizer(tiny_models, out: pathlib.Path, norm_scale, embed_offset=0.0, seed=1):
+    """A tiny Llama (hidden 64) with llama_a's tokenizer; the final norm's weight in MASSIVE_DIMS
+    set to ``norm_scale`` and ``embed_offset`` added to every token's embedding there."""
+    import shutil
+
+    import torch
+    import transformers
+
+    src = pathlib.Path(tiny_models["llama_a"])
+    out.mkdir(parents=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / f, out / f)
+    base = transformers.LlamaConfig.from_pretrained(src)
+    cfg = transformers.LlamaConfig(
+        vocab_size=base.vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        dims = list(MASSIVE_DIMS)
+        model.model.norm.weight[dims] = torch.tensor(norm_scale, dtype=torch.float32)
+        model.model.embed_tokens.weight[:, dims] += embed_offset
+    model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def massive_dims():
+    return MASSIVE_DIMS
+
+
+@pytest.fixture(scope="session")
+def massive_model(tiny_models, tmp_path_factory):
+    """A tiny Llama whose final hidden states have massive activations (Sun et al., 2024).
+
+    Three dimensions of the final norm's weight are 300-1000 (so those dimensions of the final
+    hidden state are hundreds of times larger than the rest, as in real decoders), and the token
+    embeddings carry a constant offset in the same dimensions (so the residual stream's values
+    there sit far from zero for every token, as massive activations do). The offset is the same
+    for every token, so it shifts all logits of the tied head equally and greedy decoding is
+    unaffected. Shares llama_a's tokenizer.
+    """
+    return _llama_sharing_tokenizer(tiny_models, tmp_path_factory.mktemp("massive") / "llama_massive",
+                                    [300.0, 600.0, 1000.0], embed_offset=0.5)
+
+
+@pytest.fixture(scope="session")
+def dead_dims_model(tiny_models, tmp_path_factory):
+    """A tiny Llama whose final hidden states are exactly zero in three dimensions (final norm
+    weight 0 there): as a map's source at lambda 0 its C_bb is genuinely singular."""
+    return _llama_sharing_tokenizer(tiny_models, tmp_path_factory.mktemp("dead") / "llama_dead",
+                                    [0.0, 0.0, 0.0], seed=2)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    # One hidden-state cache for all study tests: they embed the same texts with the same models.
+    return str(tmp_path_factory.mktemp("hidden_cache"))
+
+
+@pytest.fixture()
+def cfg(tiny_models, tiny_corpora, tmp_path, shared_cache):
+    C._MODELS.clear()
+    from linalign.eval import cache
+    cache.clear_memo()
+    return C.StudyConfig(models=(tiny_models["bert"], tiny_models["llama_a"], tiny_models["llama_b"]),
+                         corpus=tiny_corpora["task"], public_corpus=tiny_corpora["public"],
+                         ood_corpus=tiny_corpora["public"], ood_holdout="arts", n_texts=120,
+                         n_public=80, n_in_dist=16, max_length=24, batch_size=16, lam="gcv",
+                         knn_k=5, out_root=str(tmp_path / "results"), cache_dir=shared_cache,
+                         scaling_sizes=(20, 40), n_gen_fit=40, n_gen=2, max_new_tokens=6,
+                         gen_corpora=(tiny_corpora["public"],), encoder=tiny_models["bert"])

@@ -4,6 +4,7 @@ the 'auto' rule that avoids GCV when there are fewer rows than source dimensions
 import numpy as np
 import pytest
 
+from linalign.align import FoldedAccumulator, fold_of
 from linalign.align.solve import select_lambda_kfold
 from linalign.experiments import common as C
 
@@ -30,8 +31,10 @@ def test_kfold_scores_match_direct_refits():
     z_b, z_a = _data(60, d_b=12, d_a=5, rank=4)
     z_b, z_a = z_b.astype(np.float64), z_a.astype(np.float64)
     grid = [0.1, 1.0, 10.0]
-    lam, sse = select_lambda_kfold(z_b, z_a, grid, k=5, seed=3)
-    folds = np.array_split(np.random.default_rng(3).permutation(60), 5)
+    acc = FoldedAccumulator(12, 5, folds=5, seed=3, dtype="float64").add(z_b, z_a)
+    lam, sse = select_lambda_kfold(acc.fold_stats, grid)
+    fold = fold_of(np.arange(60), 5, seed=3)
+    folds = [np.flatnonzero(fold == j) for j in range(5)]
     want = np.zeros(3)
     for f in folds:
         keep = np.setdiff1d(np.arange(60), f)
@@ -59,5 +62,5 @@ def test_bad_lam_refused():
     with pytest.raises(ValueError, match="lam must be a number, 'gcv', 'cv' or 'auto'; got 'ridge'"):
         C.fit_map(z_b, z_a, "ridge")
     assert C.fit_map(z_b, z_a, "0.5")[1] == 0.5
-    with pytest.raises(ValueError, match="5-fold cross-validation needs at least 10 rows, got 6"):
-        select_lambda_kfold(z_b[:6], z_a[:6], [1.0])
+    with pytest.raises(ValueError, match="5-fold cross-validation needs at least 5 rows, got 4"):
+        C.fit_map(z_b[:4], z_a[:4], "auto")

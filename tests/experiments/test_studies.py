@@ -10,26 +10,6 @@ from linalign.experiments import common as C
 from linalign.experiments import registry
 
 
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    # One hidden-state cache for all study tests: they embed the same texts with the same models.
-    return str(tmp_path_factory.mktemp("hidden_cache"))
-
-
-@pytest.fixture()
-def cfg(tiny_models, tiny_corpora, tmp_path, shared_cache):
-    C._MODELS.clear()
-    from linalign.eval import cache
-    cache.clear_memo()
-    return C.StudyConfig(models=(tiny_models["bert"], tiny_models["llama_a"], tiny_models["llama_b"]),
-                         corpus=tiny_corpora["task"], public_corpus=tiny_corpora["public"],
-                         ood_corpus=tiny_corpora["public"], ood_holdout="arts", n_texts=120,
-                         n_public=80, n_in_dist=16, max_length=24, batch_size=16, lam="gcv",
-                         knn_k=5, out_root=str(tmp_path / "results"), cache_dir=shared_cache,
-                         scaling_sizes=(20, 40), n_gen_fit=40, n_gen=2, max_new_tokens=6,
-                         gen_corpora=(tiny_corpora["public"],), encoder=tiny_models["bert"])
-
-
 def _outputs(d):
     files = sorted(p.name for p in d.iterdir())
     assert "report.md" in files and "results.json" in files
@@ -152,3 +132,15 @@ def test_models_embedding_different_texts_refused():
         similarity.similarity_matrices({"a": rng.normal(size=(8, 4)), "b": rng.normal(size=(7, 3))}, k=2, seed=0)
     with pytest.raises(ValueError, match="target has 3 texts, source 2"):
         generation.paired_token_states([None] * 3, [None] * 2)
+
+
+def test_joined_corpus_spec(cfg, tiny_corpora):
+    # '+' joins corpora as the extraction commands do; the join has no labels, so classification
+    # refuses it while unlabelled uses sample from both parts.
+    spec = tiny_corpora["public"] + "+" + tiny_corpora["task"]
+    texts, labels, name = C.load_texts(spec, 0, cfg)
+    one, _, _ = C.load_texts(tiny_corpora["public"], 0, cfg)
+    two, _, _ = C.load_texts(tiny_corpora["task"], 0, cfg)
+    assert labels is None and texts == one + two and name == "public+task"
+    with pytest.raises(ValueError, match="has no labels"):
+        C.load_texts(spec, 10, cfg, need_labels=True)

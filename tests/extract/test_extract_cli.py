@@ -31,7 +31,7 @@ def test_cli_writes_store_with_mesh(tmp_path):
     assert summary["num_rows"] == 20 and summary["dim"] == 32 and summary["pooling"] == "mean"
     st = extract.open_store(out, verify=True)
     assert st.manifest["text_fingerprint"] == extract.text_fingerprint(lines)
-    assert st.manifest["corpus"] == "texts.txt" and len(st.manifest["shards"]) == 3
+    assert st.manifest["corpus"] == "texts" and len(st.manifest["shards"]) == 3
     assert np.isfinite(st.read_all()).all()
     bad = subprocess.run(cmd[:4] + [f"--corpus={tmp_path / 'missing.txt'}", f"--out_dir={out}"],
                          env=env, capture_output=True, text=True, timeout=600)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import string
 
 import jax
 import jax.numpy as jnp
@@ -168,3 +167,21 @@ def test_real_smollm2_through_identity_map_answers_like_native():
     assert got.text == native
     assert got.text.strip() == "The capital of France is Paris."
     assert got.finish_reason == "eos"
+
+
+def test_map_given_as_a_saved_file_or_affine_map(tmp_path):
+    from linalign.align.affine_map import AffineMap, MapMetadata
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    amap = AffineMap(w, b, MapMetadata(d_b=6, d_a=4, source_model="s", target_model="t"))
+    path = amap.save(tmp_path / "m.safetensors")
+    assert amap.save(tmp_path / "fit").name == "map.safetensors"  # a fit's folder
+    h = rng.normal(size=(3, 6)).astype(np.float32)
+    for given in (path, str(path), tmp_path / "fit", amap, (w, b)):
+        got = np.asarray(cross.as_map_fn(given, 6, 4)(jnp.asarray(h)))
+        np.testing.assert_allclose(got, h @ w + b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"the map's W is \(6, 4\) but the source's hidden size is 8"):
+        cross.as_map_fn(path, 8, 4)
+    with pytest.raises(FileNotFoundError):
+        cross.as_map_fn(tmp_path / "none.safetensors")
