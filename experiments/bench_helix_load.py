@@ -17,7 +17,6 @@ Writes results.json and results.md under --out, with the command and the CPU mod
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import socket

@@ -11,6 +11,8 @@ name, never a half-written one.
   removed on failure.
 - ``atomic_dir(path, replace=...)``: the same for a whole directory; an existing directory is swapped
   out only after the new one is complete.
+- ``jsonable(obj)``: numpy scalars/arrays and paths made strict JSON (non-finite floats -> null),
+  for every metadata and results file.
 
 Paths may be local paths or ``etils.epath`` paths on object stores (``gs://``, ``s3://``), where a
 single-object rename is as close to atomic as the store offers.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -84,6 +87,22 @@ def atomic_file(path: PathLike, suffix: str = "") -> Iterator[pathlib.Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy scalars and arrays as Python numbers and lists, paths as strings, and
+    non-finite floats as None, so ``json.dumps`` writes strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy arrays and scalars
+        return jsonable(x.tolist())
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    return x
 
 
 def atomic_write(path: PathLike, data: Union[bytes, str], fsync: bool = True) -> None:

@@ -64,3 +64,13 @@ def test_atomic_dir_refuses_replaces_and_cleans_up(tmp_path):
     with pytest.raises(FileExistsError, match="not a directory"):
         with atomic_dir(tmp_path / "file", replace=True):
             pass
+
+
+def test_jsonable_makes_strict_json(tmp_path):
+    from linalign.atomic import jsonable
+
+    obj = {1: np.float32(0.5), "a": np.arange(3), "p": tmp_path / "x", "bad": float("nan"),
+           "t": (np.int64(7), np.float64("inf")), "s": "text"}
+    out = json.loads(json.dumps(jsonable(obj), allow_nan=False))
+    assert out == {"1": 0.5, "a": [0, 1, 2], "p": str(tmp_path / "x"), "bad": None,
+                   "t": [7, None], "s": "text"}

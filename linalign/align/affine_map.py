@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 import os
 import pathlib
 from typing import Any, Optional, Union
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from linalign.align.validate import AlignInputError, check_matrix
-from linalign.atomic import atomic_write
+from linalign.atomic import atomic_write, jsonable
 
 FORMAT = "linalign.affine_map"
 FORMAT_VERSION = "1"
@@ -241,7 +240,7 @@ class AffineMap:
         if not meta.created:
             meta.created = _now()
         header = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                  "metadata": json.dumps(_jsonable(meta.to_json()), sort_keys=True,
+                  "metadata": json.dumps(jsonable(meta.to_json()), sort_keys=True,
                                          allow_nan=False)}
         data = st_save({"W": np.ascontiguousarray(np.asarray(self.w)),
                         "b": np.ascontiguousarray(np.asarray(self.b))}, metadata=header)
@@ -297,21 +296,6 @@ class AffineMap:
             held = f", cv R^2={m.extra['cv_r2']:.4f}"
         return (f"AffineMap({m.source_model or '?'} [{self.d_b}] -> {m.target_model or '?'} "
                 f"[{self.d_a}], lam={m.lam:.4g}{sel}, n={m.n}{held})")
-
-
-def _jsonable(x):
-    """Metadata made strict-JSON: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    return x
 
 
 def read_map_file(path: PathLike) -> tuple[dict, dict]:

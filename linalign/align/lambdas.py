@@ -208,7 +208,7 @@ def kfold_sse(fold_stats: Sequence, grid: Sequence[float], scale=None) -> np.nda
 
 
 def _kfold_hosts(hosts, grid: np.ndarray) -> np.ndarray:
-    from linalign.align.solve import RidgePath, SingularSystemError
+    from linalign.align.solve import RidgePath
     from linalign.align import stats as stats_lib
 
     out = np.empty((len(hosts), grid.size))

@@ -163,7 +163,7 @@ def _plan() -> None:
     if FLAGS.cpu_devices:
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
-    from linalign.distributed import memory, runtime
+    from linalign.distributed import memory
 
     from linalign.mesh import make_mesh
 

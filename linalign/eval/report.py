@@ -18,24 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from linalign.atomic import atomic_write
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, pathlib.Path):
-        return str(x)
-    return x
+from linalign.atomic import atomic_write, jsonable
 
 
 def fmt(v, digits: int = 3) -> str:
@@ -215,7 +198,7 @@ class Report:
         if status != "complete":
             head.append(f"*Status: {status} (this report is rewritten as each pair finishes).*\n")
         atomic_write(self.dir / "results.json",
-                     json.dumps(_jsonable(results), indent=2, sort_keys=True).encode())
+                     json.dumps(jsonable(results), indent=2, sort_keys=True).encode())
         atomic_write(self.dir / "report.md",
                      "\n".join(head + self._failures_md() + self.parts[1:]).encode())
         return self.dir

@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import secrets
-from typing import Optional
 
 import numpy as np
 

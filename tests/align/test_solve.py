@@ -1,6 +1,5 @@
 """Ridge solve, lambda path and selection against float64 numpy references."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

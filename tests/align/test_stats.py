@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from linalign import align
-from linalign.align import stats as st
 from linalign.mesh import make_mesh
 
 

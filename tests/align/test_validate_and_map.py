@@ -1,7 +1,6 @@
 """Bad inputs get clear errors; AffineMap save/load is atomic and checks widths."""
 
 import json
-import os
 
 import numpy as np
 import pytest

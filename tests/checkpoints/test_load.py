@@ -1,6 +1,5 @@
 """checkpoints.load: converted-model cache, dtype, device placement, name resolution."""
 
-import os
 import pathlib
 import sys
 import time

@@ -4,7 +4,6 @@ import json
 import sys
 
 import jax
-import numpy as np
 import pytest
 
 from linalign.distributed import memory

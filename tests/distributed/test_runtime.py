@@ -1,7 +1,6 @@
 """Cluster resolution, deterministic process shards and global meshes."""
 
 import jax
-import numpy as np
 import pytest
 
 from linalign.distributed import runtime

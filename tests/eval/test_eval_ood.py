@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
 from linalign.eval import ood
