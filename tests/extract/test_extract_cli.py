@@ -35,4 +35,4 @@ def test_cli_writes_store_with_mesh(tmp_path):
     assert np.isfinite(st.read_all()).all()
     bad = subprocess.run(cmd[:4] + [f"--corpus={tmp_path / 'missing.txt'}", f"--out_dir={out}"],
                          env=env, capture_output=True, text=True, timeout=600)
-    assert bad.returncode != 0 and "missing.txt does not exist" in bad.stderr
+    assert bad.returncode != 0 and "missing.txt: no such file" in bad.stderr

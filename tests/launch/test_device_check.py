@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STAGES = ["env", "wheels", "build", "parity", "gram", "streamed_fit", "extract", "decode"]
@@ -24,7 +25,12 @@ def _module():
         spec = importlib.util.spec_from_file_location("device_check", REPO / "experiments" / "device_check.py")
         mod = importlib.util.module_from_spec(spec)
         sys.modules["device_check"] = mod
+        before = set(flags.FLAGS)
         spec.loader.exec_module(mod)
+        # The script's absl flags (--out_dir, ...) are for its own process; taken out of the
+        # global registry so library programs imported later in this process can define theirs.
+        for name in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, name)
         return mod
     finally:
         sys.path.remove(str(REPO / "experiments"))
