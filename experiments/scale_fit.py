@@ -135,6 +135,8 @@ def check_consumers(map_path: pathlib.Path, src, heldout: np.ndarray, target, wo
     helix = [sys.executable, "-m", "linalign.helix"]
     server = subprocess.Popen(helix + ["serve", "--port=0", f"--port_file={port_file}",
                                        f"--head={bundle}", "--max_connections=1",
+                                       # the largest query norm the provider announces it serves
+                                       f"--input_norm={2 * np.linalg.norm(amap(z), axis=1).max():.6g}",
                                        "--max_seconds=900"], env=env,
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     q = None

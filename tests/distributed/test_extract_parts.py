@@ -115,13 +115,16 @@ def test_two_process_extraction_is_read_by_linalign_fit(tiny, tmp_path):
     helix = [sys.executable, "-m", "linalign.helix"]
     server = subprocess.Popen(helix + ["serve", "--port=0", f"--port_file={tmp_path / 'port'}",
                                        f"--head={tmp_path / 'head.npz'}", "--max_connections=1",
+                                       # the provider announces the largest query norm it serves
+                                       f"--input_norm={2 * np.linalg.norm(amap(z), axis=1).max():.6g}",
                                        "--max_seconds=300"], env=env, cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):
             if (tmp_path / "port").exists() or server.poll() is not None:
                 break
             time.sleep(0.2)
+        assert server.poll() is None, server.communicate()[1][-3000:]
         q = subprocess.run(helix + ["query", f"--port={(tmp_path / 'port').read_text()}",
                                     f"--map={tmp_path / 'fit'}", f"--embeddings={tmp_path / 'q.npy'}",
                                     f"--out={tmp_path / 's.npy'}"], env=env, cwd=REPO,
@@ -130,7 +133,9 @@ def test_two_process_extraction_is_read_by_linalign_fit(tiny, tmp_path):
     finally:
         server.kill()
     want = np.asarray(amap(z), np.float64) @ v + np.load(tmp_path / "head.npz")["c_k"]
-    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), want, rtol=1e-3, atol=1e-3)
+    # The reply's circuit-privacy flooding (std < 5e-3 of these scores, asserted in
+    # tests/helix/test_protocol.py) is the error; 0.05 is 10 of its std.
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), want, rtol=0, atol=0.05)
 
 
 @pytest.mark.slow
