@@ -18,7 +18,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -27,7 +27,7 @@ from linalign.align.affine_map import AffineMap, MapMetadata, array_fingerprint
 from linalign.align.folded import FoldedAccumulator, HostAccumulator
 from linalign.align.lambdas import LambdaSpec, _mix, choose_lambda
 from linalign.align.sources import EmbeddingSource, check_paired, open_embeddings
-from linalign.align.stats import std_scale
+from linalign.align.stats import merge_all, std_scale
 from linalign.align.validate import AlignInputError
 from linalign.atomic import atomic_dir, atomic_write, atomic_write_json
 
@@ -145,45 +145,78 @@ def fit_stream(batches: Iterable, *, lam: Any = "auto", folds: int = 5, seed: in
         raise ValueError(f"{k}-fold cross-validation needs at least {k} rows, got {n_train}: use "
                          "fewer folds or a fixed lambda")
     sc = None if scale in (None, "none") else std_scale(total)
-    lam_v, info = choose_lambda(fold_stats, spec, grid=grid, scale=sc)
 
+    def cosine(w, b):
+        if not keep_b:
+            return None
+        return (AffineMap(w, b).evaluate(np.concatenate(keep_b), np.concatenate(keep_a))["cosine"],
+                int(n_keep))
+
+    result = solve_folds(fold_stats, spec, total=total, val_stats=None if acc_val is None else acc_val.stats,
+                         cosine=cosine, grid=grid, scale=sc, method=method,
+                         metadata={**(metadata or {}), "scale": scale or "none"})
+    result.report.update({
+        "n_rows": row, "n_val": 0 if acc_val is None else int(acc_val.stats.n),
+        "accumulation_dtype": str(np.dtype(acc.dtype)), "seconds_accumulate": t_acc,
+        "seconds_fit": time.perf_counter() - t0, "rows_per_second": row / max(t_acc, 1e-9)})
+    return result
+
+
+def solve_folds(fold_stats: Sequence, spec, *, total=None, val_stats=None,
+                cosine: Optional[Callable] = None, grid: Optional[Sequence[float]] = None,
+                scale=None, method: str = "cholesky", metadata: Optional[dict] = None,
+                extra: Optional[dict] = None) -> FitResult:
+    """What every fit does after accumulating: choose lambda, solve in float64, score, describe.
+
+    Args:
+      fold_stats: per-fold statistics (their merge is the training total).
+      spec: a ``LambdaSpec`` (or anything ``choose_lambda`` takes).
+      total: the training total if the caller has it (default: the exact merge of the folds).
+      val_stats: statistics of held-out rows (R^2 is scored when they hold >= 2 rows).
+      cosine: ``(w, b) -> (mean cosine, rows) or None`` over kept held-out rows.
+      grid, scale, method: as in ``fit_stream``.
+      metadata: MapMetadata fields to record; an ``extra`` dict in it is merged into the map's.
+      extra: additional entries for the map's ``extra`` metadata.
+
+    Returns:
+      FitResult whose report holds the training and selection summary; drivers add their own
+      timing and provenance keys.
+    """
     from linalign.align.solve import solve, train_r2  # noqa: PLC0415 (package name clash)
 
-    w, b = solve(total, lam_v, method=method, scale=sc)
-    t_fit = time.perf_counter() - t0
+    if total is None:
+        total = merge_all(fold_stats)
+    n_train = int(total.n)
+    lam_v, info = choose_lambda(fold_stats, spec, grid=grid, scale=scale)
+    w, b = solve(total, lam_v, method=method, scale=scale)
     held = None
-    if acc_val is not None and int(acc_val.stats.n) >= 2:
-        amap0 = AffineMap(w, b)
-        held = {"r2": train_r2(acc_val.stats, w, b), "rows": int(acc_val.stats.n)}
-        if keep_b:
-            held.update(cosine=amap0.evaluate(np.concatenate(keep_b),
-                                              np.concatenate(keep_a))["cosine"],
-                        cosine_rows=int(n_keep))
+    if val_stats is not None and int(val_stats.n) >= 2:
+        held = {"r2": train_r2(val_stats, w, b), "rows": int(val_stats.n)}
+        cos = None if cosine is None else cosine(w, b)
+        if cos is not None:
+            held.update(cosine=cos[0], cosine_rows=cos[1])
     grid_info = {key: info[key] for key in ("grid", "scores", "fold_rows", "gcv_refused")
                  if key in info}
-    extra = {"train_r2": train_r2(total, w, b), **grid_info}
+    extra = {"train_r2": train_r2(total, w, b), **(extra or {}), **grid_info}
     if "scores" in info and info["lam_selection"].startswith("kfold"):
         # CV R^2 at the chosen lambda: 1 - held-out SSE / each fold's own total sum of squares.
         sst = sum(float(np.sum(np.asarray(fs.ss_a, np.float64))) for fs in fold_stats)
         extra["cv_r2"] = 1 - min(info["scores"]) / sst
     md = dict(metadata or {})
     md_extra = md.pop("extra", {}) or {}
-    meta = MapMetadata(d_b=d_b, d_a=d_a, lam=float(lam_v), lam_spec=info["lam_spec"],
+    meta = MapMetadata(d_b=total.d_b, d_a=total.d_a, lam=float(lam_v), lam_spec=info["lam_spec"],
                        lam_selection=info["lam_selection"], n=n_train, heldout=held,
-                       dtype="float64", scale=scale or "none", extra={**extra, **md_extra}, **md)
-    amap = AffineMap(w, b, meta)
+                       dtype="float64", extra={**extra, **md_extra}, **md)
     scores = np.asarray(info["scores"]) if "scores" in info else None
-    report = {"n_rows": row, "n_train": n_train, "n_val": 0 if acc_val is None else int(acc_val.stats.n),
-              "lambda": float(lam_v), "lambda_spec": info["lam_spec"],
+    report = {"n_train": n_train, "lambda": float(lam_v), "lambda_spec": info["lam_spec"],
               "lambda_selection": info["lam_selection"], **grid_info,
-              "train": {"r2": extra["train_r2"]}, "accumulation_dtype": str(np.dtype(acc.dtype)),
-              "seconds_accumulate": t_acc, "seconds_fit": t_fit,
-              "rows_per_second": row / max(t_acc, 1e-9)}
+              "train": {"r2": extra["train_r2"]}}
     if "cv_r2" in extra:
         report["cv_r2"] = extra["cv_r2"]
     if held is not None:
         report["val"] = held
-    return FitResult(amap, report, scores, None if scores is None else np.asarray(info["grid"]))
+    return FitResult(AffineMap(w, b, meta), report, scores,
+                     None if scores is None else np.asarray(info["grid"]))
 
 
 FINGERPRINT_MAX_BYTES = 1 << 28  # hashing more would cost seconds; larger inputs go unhashed

@@ -310,10 +310,7 @@ def finish(fit: StreamingFit, fold_stats: list, val, *, grid=None, method: str =
     Every process solves (cheap next to the accumulation, and deterministic) so that a
     singular system fails on all of them at once instead of leaving the others at a barrier.
     """
-    from linalign.align.affine_map import AffineMap, MapMetadata
-    from linalign.align.fitting import FitResult
-    from linalign.align.lambdas import choose_lambda
-    from linalign.align.solve import solve, train_r2
+    from linalign.align.fitting import solve_folds
 
     p = fit.plan
     t0 = time.perf_counter()
@@ -321,45 +318,23 @@ def finish(fit: StreamingFit, fold_stats: list, val, *, grid=None, method: str =
     n_train = int(total.n)
     if n_train < 2:
         raise FitInputError(f"only {n_train} training rows; need at least 2")
-    lam, info = choose_lambda(fold_stats, fit.spec, grid=grid)
-    w, b = solve(total, lam, method=method)
-    held = None
-    if int(val.n) >= 2:
-        cos, kept = fit.heldout_cosine(w, b)
-        held = {"r2": train_r2(val, w, b), "rows": int(val.n), "cosine": cos,
-                "cosine_rows": kept}
-    grid_info = {k: info[k] for k in ("grid", "scores", "fold_rows", "gcv_refused") if k in info}
-    extra = {"train_r2": train_r2(total, w, b), "process_count": p.process_count, **grid_info}
-    if "scores" in info and info["lam_selection"].startswith("kfold"):
-        sst = sum(float(np.sum(np.asarray(f.ss_a, np.float64))) for f in fold_stats)
-        extra["cv_r2"] = 1 - min(info["scores"]) / sst
-    md = dict(metadata or {})
-    md_extra = md.pop("extra", {}) or {}
-    amap = AffineMap(w, b, MapMetadata(d_b=p.d_b, d_a=p.d_a, lam=float(lam),
-                                       lam_spec=info["lam_spec"],
-                                       lam_selection=info["lam_selection"], n=n_train,
-                                       heldout=held, dtype="float64",
-                                       extra={**extra, **md_extra}, **md))
+    result = solve_folds(fold_stats, fit.spec, total=total, val_stats=val,
+                         cosine=fit.heldout_cosine, grid=grid, method=method, metadata=metadata,
+                         extra={"process_count": p.process_count})
     t_solve = time.perf_counter() - t0
     import resource
     rss = np.array([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])  # KiB -> MiB
     if p.process_count > 1:
         rss = allgather64(rss).reshape(-1)
-    report = {"source": str(fit.src.path), "target": str(fit.tgt.path),
-              "source_model": fit.src.model, "target_model": fit.tgt.model,
-              "d_b": p.d_b, "d_a": p.d_a, "n_rows": p.num_rows, "n_train": n_train,
-              "n_val": int(val.n), "lambda": float(lam), "lambda_spec": info["lam_spec"],
-              "lambda_selection": info["lam_selection"], **grid_info,
-              "train": {"r2": extra["train_r2"]}, "accumulation_dtype": p.dtype,
-              "process_count": p.process_count, "seconds_accumulate": seconds_accumulate,
-              "seconds_solve": t_solve, "peak_rss_mib": [float(x) for x in rss],
-              "rows_per_second": p.num_rows / max(seconds_accumulate, 1e-9)}
-    if "cv_r2" in extra:
-        report["cv_r2"] = extra["cv_r2"]
-    if held is not None:
-        report["val"] = held
-    scores = np.asarray(info["scores"]) if "scores" in info else None
-    return FitResult(amap, report, scores, None if scores is None else np.asarray(info["grid"]))
+    result.report.update({
+        "source": str(fit.src.path), "target": str(fit.tgt.path),
+        "source_model": fit.src.model, "target_model": fit.tgt.model,
+        "d_b": p.d_b, "d_a": p.d_a, "n_rows": p.num_rows, "n_val": int(val.n),
+        "accumulation_dtype": p.dtype, "process_count": p.process_count,
+        "seconds_accumulate": seconds_accumulate, "seconds_solve": t_solve,
+        "peak_rss_mib": [float(x) for x in rss],
+        "rows_per_second": p.num_rows / max(seconds_accumulate, 1e-9)})
+    return result
 
 
 def source_metadata(src: EmbeddingSource, tgt: EmbeddingSource) -> dict:
