@@ -105,7 +105,7 @@ def _fit() -> None:
 
     from linalign.align import fitting
     from linalign.align.sources import open_embeddings, open_token_pairs
-    from linalign.distributed import streaming_fit as sf
+    from linalign.distributed import runtime, streaming_fit as sf
     from linalign.mesh import make_mesh
 
     for name in ("source_store", "target_store", "out_dir"):
@@ -136,8 +136,7 @@ def _fit() -> None:
         fitting.write_fit(result, FLAGS.out_dir, overwrite=FLAGS.overwrite)
         print(result.map)
         print(fitting._markdown(result.report))
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("linalign_fit_written")
+    runtime.barrier("linalign_fit_written")
 
 
 def _extract() -> None:

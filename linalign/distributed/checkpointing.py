@@ -29,7 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
+from linalign.distributed import runtime
 
 from linalign.atomic import atomic_write
 
@@ -111,17 +111,17 @@ class FitCheckpointer:
                      for rel, p in sorted(_files(root).items())}
             atomic_write(self._manifest_path(step), json.dumps(
                 {"version": MANIFEST_VERSION, "step": step, "files": files}, indent=1))
-        multihost_utils.sync_global_devices(f"linalign_ckpt_manifest_{step}")
+        runtime.barrier(f"linalign_ckpt_manifest_{step}")
         complete = [s for s in self.all_steps() if self._manifest_path(s).exists()]
         # Every process must see the same list before anyone deletes (orbax's delete is
         # collective): a fast process 0 would otherwise delete a step a slower process has
         # not listed yet, and the two would call different barriers.
-        multihost_utils.sync_global_devices(f"linalign_ckpt_listed_{step}")
+        runtime.barrier(f"linalign_ckpt_listed_{step}")
         for old in complete[:-self.keep]:
             self._mgr.delete(old)
             if jax.process_index() == 0:
                 self._manifest_path(old).unlink(missing_ok=True)
-        multihost_utils.sync_global_devices(f"linalign_ckpt_pruned_{step}")
+        runtime.barrier(f"linalign_ckpt_pruned_{step}")
 
     def verify(self, step: int) -> None:
         """Checks step ``step`` against its manifest.

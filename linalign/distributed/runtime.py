@@ -202,3 +202,41 @@ def local_data_shards(mesh: Mesh, axis: str = "data") -> tuple[int, int]:
         raise ValueError(f"process {me} does not own a contiguous block of mesh axis {axis!r} "
                          f"(mesh {dict(mesh.shape)}); keep the other axes within one host")
     return owned[0], len(owned)
+
+
+ENV_BARRIER_TIMEOUT = "LINALIGN_BARRIER_TIMEOUT_S"
+DEFAULT_BARRIER_TIMEOUT_S = 24 * 3600
+
+
+def barrier(name: str, timeout_s: Optional[float] = None) -> None:
+    """Waits until every process reaches ``name``; no-op with one process.
+
+    Uses the coordination service's barrier, not a device collective:
+    ``multihost_utils.sync_global_devices`` runs a psum whose first use initialises the CPU
+    collectives (gloo) with a fixed 30 s deadline, so a process that finishes its share of an
+    extraction minutes before the others died at the final sync ("Gloo context initialization
+    failed: DEADLINE_EXCEEDED"). Processes with unequal work are normal (texts differ in
+    length), so the wait here is bounded only by ``timeout_s`` (default
+    ``$LINALIGN_BARRIER_TIMEOUT_S`` or 24 h).
+
+    Raises:
+      TimeoutError: the other processes did not arrive in time (names the barrier).
+    """
+    if jax.process_count() == 1:
+        return
+    if timeout_s is None:
+        timeout_s = float(os.environ.get(ENV_BARRIER_TIMEOUT, DEFAULT_BARRIER_TIMEOUT_S))
+    from jax._src import distributed  # the client jax.distributed.initialize started
+
+    client = getattr(distributed.global_state, "client", None)
+    if client is None:  # processes started by a launcher that JAX cannot reach: collective
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+        return
+    try:
+        client.wait_at_barrier(name, int(timeout_s * 1000))
+    except Exception as e:  # the client raises XlaRuntimeError (DEADLINE_EXCEEDED, ...)
+        raise TimeoutError(f"process {jax.process_index()} of {jax.process_count()}: barrier "
+                           f"{name!r} not reached by every process within {timeout_s:.0f} s "
+                           f"({e})") from e

@@ -138,16 +138,16 @@ def run(model_name: str, texts: Sequence[str], out_dir, *, corpus: str = "",
         model = checkpoints.load(model_name, dtype=dtype, mesh=mesh)
         return extract(model, texts, out_dir=out_dir, mesh=mesh,
                        extra_meta={"corpus": corpus}, **kwargs)
-    from jax.experimental import multihost_utils
+    from linalign.distributed.runtime import barrier
 
     # Extraction needs no communication: each process shards over its own devices only.
     mesh = make_mesh(mesh_spec or "data=-1", jax.local_devices())
     model = checkpoints.load(model_name, dtype=dtype, mesh=mesh)
     extract_part(model, texts, out_dir, p, n, mesh=mesh, corpus=corpus, **kwargs)
-    multihost_utils.sync_global_devices("linalign_extract_parts_written")
+    barrier("linalign_extract_parts_written")
     store = None
     if p == 0:
         store = store_lib.join_parts(out_dir, [store_lib.part_name(i, n) for i in range(n)],
                                      corpus=corpus)
-    multihost_utils.sync_global_devices("linalign_extract_store_joined")
+    barrier("linalign_extract_store_joined")
     return store
