@@ -41,7 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from linalign.fhe import base
-from linalign.fhe.params import CKKSParams, get_params
+from linalign.fhe.params import CKKSParams, get_fit_params
 from linalign.fhe.packing import _next_pow2
 
 NAME = "seal-fit"
@@ -130,6 +130,23 @@ class FitLayout:
         return y_s
 
 
+REPLY_HEADROOM_BITS = 14  # |reply value| < 2^14 (values are <= ZA_COL_NORM_TARGET = 2^6)
+
+
+def input_scale_bits(params: CKKSParams) -> int:
+    """The scale the client encodes its columns at: as large as the chain allows.
+
+    The column (scale 2^a) times Z_A's diagonals (scale 2^scale_bits) is rescaled by the last
+    data prime (scale_bits wide), so the reply has scale 2^a over the remaining primes; a is
+    chosen to leave REPLY_HEADROOM_BITS above it. A large a makes the absolute noise of the
+    key switches (baby steps on the column, giant steps and fold after the rescale) and of the
+    rescale negligible next to the data: at a = scale_bits that rotation noise, multiplied by
+    Z_A's entries, dominated the fit's error bound B.
+    """
+    remaining = sum(params.coeff_mod_bit_sizes[:-2])
+    return int(remaining - REPLY_HEADROOM_BITS - 1)
+
+
 def _check_matrix(z: Any, name: str, cols: int | None = None) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 2 or (cols is not None and z.shape[1] != cols):
@@ -174,7 +191,7 @@ class FitClient:
         if self.n < 2:
             raise base.FHEError(f"need at least 2 public rows, got {self.n}")
         self.d_a = int(d_a)
-        self.params = get_params(params)
+        self.params = get_fit_params(params)
         self.layout = FitLayout.make(self.n, self.d_b, self.d_a, self.params.slots)
         self.mean_b = self.z_nb.mean(0)
         self._x = np.concatenate(
@@ -228,7 +245,7 @@ class FitClient:
         """Message for column j of X = [Z_B - mean_b, 1/n] scaled to unit norm: T ciphertexts."""
         if not 0 <= j < self.num_columns:
             raise base.FHEError(f"column {j} out of range [0, {self.num_columns})")
-        s, scale = self.params.slots, 2.0**self.params.scale_bits
+        s, scale = self.params.slots, 2.0 ** input_scale_bits(self.params)
         col = np.zeros(self.layout.chunks * s)
         col[: self.n] = self._x[:, j] * self._col_scale[j]
         cts = [
@@ -263,10 +280,13 @@ class FitClient:
         meta, _ = base.unpack_blobs(reply, what="fit reply")
         if meta.get("j") != j:
             raise base.DeserializationError(f"fit reply: expected column {j}, got {meta.get('j')!r}")
-        vals = self.decrypt_slots(reply)[: self.d_a]
+        slots = self.decrypt_slots(reply)
+        lay = self.layout
+        # Slot s holds result s mod D (S / D replicas): their mean has 1/sqrt(S/D) of the noise.
+        vals = slots.reshape(lay.slots // lay.d_pad, lay.d_pad).mean(0)[: self.d_a]
         b = self._bounds
         limit = b["za_col_norm"] + 8 * b["flood_std"] + 1e-6
-        worst = float(np.abs(vals).max())
+        worst = float(np.abs(slots).max())
         if not np.isfinite(worst) or worst > limit:
             raise base.FHEError(f"fit reply column {j}: |value| {worst:.3g} exceeds the possible {limit:.3g} "
                                 "(|X_j| = 1, announced |Z_A column| and flood): overflow or corrupt reply")
@@ -290,7 +310,7 @@ class FitClient:
         return from_moments(self.n, self.mean_b, cross[-1], zc.T @ zc, cross[:-1])
 
 
-ZA_COL_NORM_TARGET = 2.0**6  # |reply value| <= 64 for unit columns: 4 bits below the 10-bit headroom
+ZA_COL_NORM_TARGET = 2.0**6  # |reply value| <= 64 for unit columns, 8 bits below the reply's headroom
 
 
 class FitProvider:
@@ -312,7 +332,7 @@ class FitProvider:
         import seal
 
         from linalign.fhe.privacy import FloodPolicy, Sanitizer
-        from linalign.fhe.seal_backend import MASK_BITS, make_context
+        from linalign.fhe.seal_backend import make_context
 
         meta, blobs = base.unpack_blobs(public_context, what="fit context")
         if meta.get("backend") != NAME or len(blobs) != 2:
@@ -345,14 +365,18 @@ class FitProvider:
         self._ev = seal.Evaluator(self._ctx)
         encoder = seal.CKKSEncoder(self._ctx)
         scale = 2.0**self.params.scale_bits
-        diag = self.layout.diagonals(z * self.za_scale)
+        diag = self.layout.diagonals(z * (self.za_scale / 2))
         # Encoded once, reused for all d_b + 1 columns (T * D plaintexts).
         self._plain = [
             [[encoder.encode(diag[t, g, b], scale) for b in range(self.layout.n1)] for g in range(self.layout.n2)]
             for t in range(self.layout.chunks)
         ]
-        self._sanitizer = Sanitizer(self._ctx, self._galois, public_key, self.params, np.arange(self.d_a), MASK_BITS)
+        # No slot mask: after the provider's full-ring fold every slot s holds result s mod D
+        # (a replica) or zero (s mod D >= d_a), never a partial sum; the half that turns
+        # ct + conj(ct) into the real part is in the diagonals.
+        self._sanitizer = Sanitizer(self._ctx, self._galois, public_key, self.params)
         self._column_bytes = _column_bytes(self.params)
+        self._input_scale = 2.0 ** input_scale_bits(self.params)
         self._seen: set = set()
         self.flood_std = 0.0
         if not _calibration:
@@ -368,7 +392,7 @@ class FitProvider:
     def announce(self) -> dict:
         """Bounds the client checks its replies against (all in the scaled units of the reply)."""
         return {"za_scale": self.za_scale, "za_col_norm": self.za_col_norm, "flood_std": self.flood_std,
-                "headroom_bits": self._sanitizer.headroom_bits, "columns": self.d_b + 1}
+                "headroom_bits": REPLY_HEADROOM_BITS, "columns": self.d_b + 1}
 
     @property
     def done(self) -> bool:
@@ -397,6 +421,8 @@ class FitProvider:
             ct = load_ciphertext(self._ctx, blob, f"fit column {j} chunk {t}", self._column_bytes)
             if ct.coeff_modulus_size() != top:
                 raise base.DeserializationError("fit column: ciphertext is not at the top level")
+            if ct.scale() != self._input_scale:
+                raise base.DeserializationError(f"fit column: scale {ct.scale():.6g} is not 2^{input_scale_bits(self.params)}")
             baby.append([ct] + [ev.rotate_vector(ct, b, gk) for b in range(1, lay.n1)])
         self._seen.add(j)  # counted before the work: a failing column still uses its index
         total = None
@@ -436,8 +462,9 @@ def calibrate(params: CKKSParams, layout: FitLayout, z_na: np.ndarray, policy, s
     provider = FitProvider(client.public_context(), z_na, _calibration=True)
     x = client._x[:, 0] * client._col_scale[0]
     got = client.decrypt_slots(provider.cross(client.encrypt_column(0)))
-    want = np.zeros(params.slots)
-    want[: layout.d_a] = z_na.T @ x
+    res = np.zeros(layout.d_pad)
+    res[: layout.d_a] = z_na.T @ x
+    want = np.tile(res, params.slots // layout.d_pad)  # replicas after the full-ring fold
     return noise_bound([got - want], policy)
 
 
