@@ -131,23 +131,24 @@ class ReplicatedLayout:
     Layout (S slots, d' = next power of two >= d, R = next power of two >= K, C = S / d'):
 
     * the client tiles z (zero-padded to d') C times, as in ``PackedLayout``;
-    * slot s computes row k = s mod R of V^T: diagonals D_r[s] = V[(s + r) mod d', s mod R] / C
+    * slot s computes row k = s mod R of V^T: diagonals D_r[s] = V[(s + r) mod d', s mod R]
       for r < R, evaluated as products rotated back, Horner style:
       y = P_0 + rot(P_1 + rot(P_2 + ..., 1), 1) with P_r = rot(D_r, -r) * z, i.e.
       y = sum_r rot(P_r, r) = sum_r D_r * rot(z, r): R - 1 rotations by one step, all on
       products (before the rescale, so their key-switching noise is divided by the rescale
       prime) and none on the fresh input;
-    * fold over the whole ring: y += rot(y, R 2^m) for m < log2(S / R). Slot s then sums
-      D over the S consecutive positions s .. s + S - 1, i.e. every column j of V^T exactly C
-      times (hence the 1/C): y[s] = score(s mod R) for s mod R < K, 0 otherwise.
+    * fold: y += rot(y, R 2^m) for m < log2(d' / R). z and every D_r are d'-periodic in s, so
+      y is too, and a sum of y over the d' consecutive positions s .. s + d' - 1 is a sum over
+      one whole period whatever s is: y[s] = score(s mod R) for s mod R < K, 0 otherwise, in
+      every slot (no window is partial, so copies never mix).
 
     No slot holds a partial sum over a column window of V, so the reply needs no slot mask
     (a mask multiply's encoding error times those partial sums dominated the evaluation error);
     each score is replicated M = S / R times and the client averages the replicas, which
     divides the reply's independent per-slot noise (flooding included) by sqrt(M).
 
-    Cost: R plaintext multiplies, (R - 1) + log2(S / R) rotations, one rescale. d=768, K=16,
-    S=4096: 16 multiplies, 15 + 8 = 23 rotations, Galois steps {1, 16, 32, ..., 2048} + 0.
+    Cost: R plaintext multiplies, (R - 1) + log2(d' / R) rotations, one rescale. d=768, K=16,
+    S=4096: 16 multiplies, 15 + 6 = 21 rotations, Galois steps {0, 1, 16, 32, ..., 512}.
 
     Attributes:
       d, k, slots, d_pad, copies: as in ``PackedLayout``.
@@ -182,9 +183,9 @@ class ReplicatedLayout:
 
     @property
     def fold_steps(self) -> list[int]:
-        """R, 2R, 4R, ... < S."""
+        """R, 2R, 4R, ... < d'."""
         out, s = [], self.rows
-        while s < self.slots:
+        while s < self.d_pad:
             out.append(s)
             s *= 2
         return out
@@ -205,13 +206,13 @@ class ReplicatedLayout:
         return np.tile(z, self.copies)
 
     def diagonals(self, v_dk: np.ndarray) -> np.ndarray:
-        """[R, S] pre-rotated diagonals P-plaintexts rot(D_r, -r) (the 1/C included)."""
+        """[R, S] pre-rotated diagonals rot(D_r, -r) (the plaintexts of the products P_r)."""
         s = np.arange(self.slots)
         v_pad = np.zeros((self.d_pad, self.rows))
         v_pad[: self.d, : self.k] = v_dk
         out = np.empty((self.rows, self.slots))
         for r in range(self.rows):
-            d_r = v_pad[(s + r) % self.d_pad, s % self.rows] / self.copies
+            d_r = v_pad[(s + r) % self.d_pad, s % self.rows]
             out[r] = np.roll(d_r, r)  # out[t] = D_r[t - r]
         return out
 

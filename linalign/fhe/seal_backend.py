@@ -65,6 +65,12 @@ def ciphertext_bytes(params: CKKSParams, levels_dropped: int = 0) -> int:
     return 113 + 2 * k * params.poly_modulus_degree * 8
 
 
+def reply_scale(ctx, params: CKKSParams) -> float:
+    """Scale of a replicated-layout reply: 2^(2 scale_bits) / p1, as SEAL's rescale computes it."""
+    p1 = ctx.first_context_data().parms().coeff_modulus()[-1].value()
+    return 2.0 ** (2 * params.scale_bits) / p1
+
+
 def load_ciphertext(ctx, data: bytes, what: str, expect_bytes: "int | None" = None):
     """Parses and validates a serialized SEAL ciphertext against ``ctx``.
 
@@ -94,6 +100,7 @@ class SealClient(base.ClientBackend):
 
     name = NAME
     default_params = "n8192"
+    compact = True  # seeded queries, bit-packed replies (linalign.fhe.wire)
 
     def __init__(self, d_in: int, k_out: int, params=None):
         super().__init__(d_in, k_out, params if params is not None else self.default_params)
@@ -108,6 +115,11 @@ class SealClient(base.ClientBackend):
         self._encryptor = seal.Encryptor(self._ctx, self._secret_key)
         self._decryptor = seal.Decryptor(self._ctx, self._secret_key)
         self._encoder = seal.CKKSEncoder(self._ctx)
+        if self.compact:
+            from linalign.fhe import wire
+
+            self._seeded = wire.SeededEncryptor(self._ctx, self._secret_key)
+            self._codec = wire.CompactCodec(self._ctx, self._encryptor.encrypt_symmetric)
         self._public = base.pack_blobs(
             {
                 "backend": self.name,
@@ -127,7 +139,10 @@ class SealClient(base.ClientBackend):
         meta, blobs = base.unpack_blobs(reply, what="reply")
         if meta.get("kind") != "reply" or len(blobs) != 1:
             raise base.DeserializationError("reply: expected kind 'reply' with one ciphertext")
-        ct = load_ciphertext(self._ctx, blobs[0], "reply")
+        if self.compact:
+            ct = self._codec.load(blobs[0], "reply", 1, False, reply_scale(self._ctx, self.params))
+        else:
+            ct = load_ciphertext(self._ctx, blobs[0], "reply")
         return np.asarray(self._encoder.decode(self._decryptor.decrypt(ct)), dtype=np.float64)
 
     def secret_key_bytes(self) -> bytes:
@@ -137,6 +152,8 @@ class SealClient(base.ClientBackend):
     def encrypt(self, x_d: np.ndarray) -> bytes:
         x = base.check_vector(x_d, self.d_in, "query")
         pt = self._encoder.encode(self.layout.replicate(x), 2.0**self.params.scale_bits)
+        if self.compact:
+            return base.pack_blobs({"kind": "query"}, [self._seeded.encrypt(pt)])
         ct = self._encryptor.encrypt_symmetric(pt)
         return base.pack_blobs({"kind": "query"}, [ct.to_string()])
 
@@ -152,6 +169,7 @@ class SealClientV1(SealClient):
 
     name = NAME_V1
     default_params = "n8192-v1"
+    compact = False  # SEAL's own (uncompressed) serialisation
 
 
 class SealProvider(base.ProviderBackend):
@@ -196,6 +214,11 @@ class SealProvider(base.ProviderBackend):
         self._encoder = seal.CKKSEncoder(self._ctx)
         self._query_bytes = ciphertext_bytes(self.params)
         self._sanitizer = None
+        self.compact = self.name == NAME
+        if self.compact:
+            from linalign.fhe import wire
+
+            self._codec = wire.CompactCodec(self._ctx, seal.Encryptor(self._ctx, self._public_key).encrypt)
 
     def enable_privacy(self, bound_value: float, policy) -> float:
         """Every later reply is re-randomised (and, for seal-v1, masked) and flooded; returns
@@ -249,18 +272,24 @@ class SealProvider(base.ProviderBackend):
         meta, blobs = base.unpack_blobs(query, what="query")
         if meta.get("kind") != "query" or len(blobs) != 1:
             raise base.DeserializationError("query: expected kind 'query' with one ciphertext")
+        top = len(self.params.coeff_mod_bit_sizes) - 1
+        if self.compact:
+            return self._codec.load(blobs[0], "query", top, True, 2.0**self.params.scale_bits)
         ct = load_ciphertext(self._ctx, blobs[0], "query", self._query_bytes)
-        if ct.coeff_modulus_size() != len(self.params.coeff_mod_bit_sizes) - 1:
+        if ct.coeff_modulus_size() != top:
             raise base.DeserializationError("query: ciphertext is not at the top level")
         return ct
 
     def apply(self, query: bytes, head: Any) -> bytes:
         ct = self._load_query(query)
-        if isinstance(self.layout, ReplicatedLayout):
-            out = self._apply_replicated(ct, head)
-        else:
-            out = self._apply_windowed(ct, head)
-        return base.pack_blobs({"kind": "reply"}, [out.to_string()])
+        try:
+            if isinstance(self.layout, ReplicatedLayout):
+                out = self._apply_replicated(ct, head)
+            else:
+                out = self._apply_windowed(ct, head)
+        except RuntimeError as e:  # e.g. SEAL refuses a transparent result (an all-zero head)
+            raise base.FHEError(f"SEAL evaluation failed: {e}") from None
+        return base.pack_blobs({"kind": "reply"}, [self._codec.dump(out) if self.compact else out.to_string()])
 
     def _rotate(self, ct, step: int):
         try:
