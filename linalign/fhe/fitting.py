@@ -158,6 +158,18 @@ def input_scale_bits(params: CKKSParams) -> int:
     return int(remaining - REPLY_HEADROOM_BITS - 1)
 
 
+def fit_reply_level_scale(ctx, params: CKKSParams, calibration: bool = False) -> "tuple[int, float]":
+    """(primes, scale) of a fit reply: the column's scale times Z_A's, divided by the primes the
+    provider rescaled away (one for the product, one after the flood), as SEAL computes it.
+    Calibration replies skip the second rescale."""
+    moduli = [m.value() for m in ctx.first_context_data().parms().coeff_modulus()]
+    scale = 2.0 ** (input_scale_bits(params) + params.scale_bits)
+    drops = 1 if calibration else 2
+    for q in moduli[::-1][:drops]:
+        scale = scale / q
+    return len(moduli) - drops, scale
+
+
 def _check_matrix(z: Any, name: str, cols: int | None = None) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     if z.ndim != 2 or (cols is not None and z.shape[1] != cols):
@@ -171,12 +183,6 @@ def _check_matrix(z: Any, name: str, cols: int | None = None) -> np.ndarray:
 
 class FitProtocolError(base.FHEError):
     """A fit message out of order: unknown, repeated or surplus column, or after the fit ended."""
-
-
-def _column_bytes(params: CKKSParams) -> int:
-    from linalign.fhe.seal_backend import ciphertext_bytes
-
-    return ciphertext_bytes(params)
 
 
 class FitClient:
@@ -219,6 +225,10 @@ class FitClient:
         self._enc = seal.Encryptor(self._ctx, self._sk)
         self._dec = seal.Decryptor(self._ctx, self._sk)
         self._encoder = seal.CKKSEncoder(self._ctx)
+        from linalign.fhe import wire
+
+        self._seeded = wire.SeededEncryptor(self._ctx, self._sk)  # seeded columns: half the upload
+        self._codec = wire.CompactCodec(self._ctx, self._enc.encrypt_symmetric)
         self._bounds: dict | None = None
         self._public = base.pack_blobs(
             {
@@ -259,24 +269,21 @@ class FitClient:
         s, scale = self.params.slots, 2.0 ** input_scale_bits(self.params)
         col = np.zeros(self.layout.chunks * s)
         col[: self.n] = self._x[:, j] * self._col_scale[j]
-        cts = [
-            self._enc.encrypt_symmetric(self._encoder.encode(col[t * s : (t + 1) * s], scale)).to_string()
-            for t in range(self.layout.chunks)
-        ]
+        cts = [self._seeded.encrypt(self._encoder.encode(col[t * s : (t + 1) * s], scale))
+               for t in range(self.layout.chunks)]
         return base.pack_blobs({"kind": "fit-column", "j": j}, cts)
 
     def encrypt_columns(self) -> Iterator[bytes]:
         for j in range(self.num_columns):
             yield self.encrypt_column(j)
 
-    def decrypt_slots(self, reply: bytes) -> np.ndarray:
+    def decrypt_slots(self, reply: bytes, *, _calibration: bool = False) -> np.ndarray:
         """All [S] decoded slots of a reply (tests: what a curious client could read)."""
-        from linalign.fhe.seal_backend import load_ciphertext
-
         meta, blobs = base.unpack_blobs(reply, what="fit reply")
         if meta.get("kind") != "fit-reply" or len(blobs) != 1:
             raise base.DeserializationError("fit reply: expected kind 'fit-reply' with one ciphertext")
-        ct = load_ciphertext(self._ctx, blobs[0], "fit reply")
+        level, scale = fit_reply_level_scale(self._ctx, self.params, _calibration)
+        ct = self._codec.load(blobs[0], "fit reply", level, False, scale)
         return np.asarray(self._encoder.decode(self._dec.decrypt(ct)), dtype=np.float64)
 
     def decrypt_column(self, reply: bytes, j: int) -> np.ndarray:
@@ -370,10 +377,14 @@ class FitProvider:
         self._ctx = make_context(self.params)
         try:
             self._galois = self._ctx.from_galois_str(blobs[0])
-            public_key = None if _calibration else self._ctx.from_public_str(blobs[1])
+            pk = self._ctx.from_public_str(blobs[1])
+            public_key = None if _calibration else pk
         except (RuntimeError, ValueError) as e:
             raise base.DeserializationError(f"fit context: bad keys ({e})") from None
         self._ev = seal.Evaluator(self._ctx)
+        from linalign.fhe import wire
+
+        self._codec = wire.CompactCodec(self._ctx, seal.Encryptor(self._ctx, pk).encrypt)
         encoder = seal.CKKSEncoder(self._ctx)
         scale = 2.0**self.params.scale_bits
         diag = self.layout.diagonals(z * (self.za_scale / 2))
@@ -386,7 +397,6 @@ class FitProvider:
         # (a replica) or zero (s mod D >= d_a), never a partial sum; the half that turns
         # ct + conj(ct) into the real part is in the diagonals.
         self._sanitizer = Sanitizer(self._ctx, self._galois, public_key, self.params)
-        self._column_bytes = _column_bytes(self.params)
         self._input_scale = 2.0 ** input_scale_bits(self.params)
         self._seen: set = set()
         self._calibration = bool(_calibration)
@@ -412,8 +422,6 @@ class FitProvider:
 
     def cross(self, message: bytes) -> bytes:
         """One encrypted column of X -> Enc(row j of X^T Z_A) in slots 0..d_a-1, sanitised."""
-        from linalign.fhe.seal_backend import load_ciphertext
-
         meta, blobs = base.unpack_blobs(message, what="fit column")
         lay = self.layout
         j = meta.get("j")
@@ -430,11 +438,9 @@ class FitProvider:
         top = len(self.params.coeff_mod_bit_sizes) - 1
         baby = []
         for t, blob in enumerate(blobs):
-            ct = load_ciphertext(self._ctx, blob, f"fit column {j} chunk {t}", self._column_bytes)
-            if ct.coeff_modulus_size() != top:
-                raise base.DeserializationError("fit column: ciphertext is not at the top level")
-            if ct.scale() != self._input_scale:
-                raise base.DeserializationError(f"fit column: scale {ct.scale():.6g} is not 2^{input_scale_bits(self.params)}")
+            # Exact length for a seeded ciphertext at the top level, the column scale, every
+            # residue below its prime; then SEAL's own validation.
+            ct = self._codec.load(blob, f"fit column {j} chunk {t}", top, True, self._input_scale)
             rots = [ct]
             for b in range(1, lay.n1):  # rot(x, b) = rot(rot(x, b - low), low): power-of-two keys only
                 low = b & -b
@@ -465,7 +471,7 @@ class FitProvider:
         # (Calibration measures B before this step: the flood need not cover it.)
         if not self._calibration:
             ev.rescale_to_next_inplace(total)
-        return base.pack_blobs({"kind": "fit-reply", "j": j}, [total.to_string()])
+        return base.pack_blobs({"kind": "fit-reply", "j": j}, [self._codec.dump(total)])
 
 
 def calibrate(params: CKKSParams, layout: FitLayout, z_na: np.ndarray, policy, seed: int = 0) -> float:
@@ -481,7 +487,7 @@ def calibrate(params: CKKSParams, layout: FitLayout, z_na: np.ndarray, policy, s
     client = FitClient(rng.standard_normal((layout.n, 1)), layout.d_a, params)
     provider = FitProvider(client.public_context(), z_na, _calibration=True)
     x = client._x[:, 0] * client._col_scale[0]
-    got = client.decrypt_slots(provider.cross(client.encrypt_column(0)))
+    got = client.decrypt_slots(provider.cross(client.encrypt_column(0)), _calibration=True)
     res = np.zeros(layout.d_pad)
     res[: layout.d_a] = z_na.T @ x
     want = np.tile(res, params.slots // layout.d_pad)  # replicas after the full-ring fold
