@@ -430,7 +430,8 @@ def _plot(infer: list[dict], path: pathlib.Path) -> None:
             if not pts:
                 continue
             ds = [p[0] for p in pts]
-            kw = dict(color=color, marker="o", label=f"{name}, K={k}")
+            flooded = "" if not name.startswith("seal") else (" flooded" if pts[0][1].get("sanitised") else " unflooded")
+            kw = dict(color=color, marker="o", label=f"{name}{flooded}, K={k}")
             axes[0].plot(ds, [p[1]["eval_ms"] for p in pts], style, **kw)
             axes[1].plot(ds, [(p[1]["up_bytes"] + p[1]["down_bytes"]) / 1e3 for p in pts], style, **kw)
             axes[2].plot(ds, [max(p[1]["max_err_over_range"], 1e-16) for p in pts], style, **kw)
@@ -444,6 +445,7 @@ def _plot(infer: list[dict], path: pathlib.Path) -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[2].axhline(1e-3, color="k", lw=0.8, ls=":")
+    axes[2].annotate("target 1e-3", (0.02, 1e-3), xycoords=("axes fraction", "data"), va="bottom", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     # One legend below the panels: it never covers a line.
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
