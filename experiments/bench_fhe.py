@@ -32,13 +32,21 @@ from absl import app, flags, logging
 from linalign.atomic import atomic_file, atomic_write
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("backends", ["tenseal-dot", "tenseal", "seal", "concrete"], "Backends to compare.")
+flags.DEFINE_list("backends", ["tenseal-dot", "seal-v1", "seal", "seal@n4096", "concrete"],
+                  "Backends to compare; name@preset picks a CKKS preset for one backend (seal-v1 is "
+                  "the previous packed layout, n8192-v1 chain: the 'before' of a before/after run).")
+flags.DEFINE_integer("flood_bits", 12, "Circuit privacy for the seal backends: every reply re-randomised and "
+                     "flooded at this lambda_s, as HELIX serves them (rings that cannot carry it run "
+                     "unsanitised, marked); -1 = unsanitised everywhere.")
+flags.DEFINE_float("throughput_s", 3.0, "Seconds of back-to-back provider evaluations per seal cell for the "
+                   "single-core throughput (queries/s); 0 = skip.")
 flags.DEFINE_list("dims", ["384", "576", "768", "2048", "4096"], "Input widths d.")
 flags.DEFINE_list("classes", ["2", "5", "16"], "Class counts K.")
 flags.DEFINE_integer("queries", 16, "Encrypted queries per cell (fewer if over the budget).")
 flags.DEFINE_float("cell_budget_s", 60.0, "Seconds one (backend, d, K) cell may spend on queries; "
                    "a cell whose predicted single-query time exceeds it is skipped with the reason.")
-flags.DEFINE_string("params", "n8192", "CKKS preset (n16384 is tried when d does not fit).")
+flags.DEFINE_string("params", "n8192", "CKKS preset for the seal backend (n16384 is tried when d does not "
+                    "fit); seal-v1 and the TenSEAL backends use n8192-v1 unless name@preset says otherwise.")
 flags.DEFINE_list("fit_n", ["4096", "16384"], "Public rows for the fitting phase.")
 flags.DEFINE_integer("fit_db", 384, "Fitting: client (B) width.")
 flags.DEFINE_integer("fit_da", 768, "Fitting: provider (A) width.")
@@ -76,10 +84,14 @@ def _task(d: int, k: int, seed: int = 0):
 
 
 def _ckks_cell(name, d, k, v, c, queries):
-    from linalign.fhe import base
+    from linalign.fhe import base, seal_backend
+    from linalign.fhe.privacy import FloodPolicy
 
+    name, _, preset = name.partition("@")
+    first = preset or (FLAGS.params if name == "seal" else "n8192-v1")
+    big = "n16384" if first in ("n8192", "n4096") else "n16384-v1"
     last_err = None
-    for params in dict.fromkeys([FLAGS.params, "n16384"]):
+    for params in dict.fromkeys([first, big]):
         try:
             t0 = time.perf_counter()
             client = base.make_client(name, d, k, params)
@@ -90,7 +102,21 @@ def _ckks_cell(name, d, k, v, c, queries):
     else:
         raise last_err
     provider = base.make_provider(client.public_context())
+    privacy = {"sanitised": False, "flood_bound_B": None, "flood_std_slot": None, "flood_std_score": None}
     t0 = time.perf_counter()
+    if name.startswith("seal") and FLAGS.flood_bits >= 0:
+        policy = FloodPolicy(FLAGS.flood_bits)
+        norm = float(np.linalg.norm(queries, axis=1).max())
+        bound = seal_backend.calibrate(provider.params, v, c, norm, policy, backend=name)
+        privacy["flood_bound_B"] = bound
+        try:
+            std = provider.enable_privacy(bound, policy)
+            reps = getattr(provider, "replicas", 1)
+            privacy.update(sanitised=True, flood_std_slot=std, flood_std_score=std / np.sqrt(reps))
+        except base.FHEError as e:
+            privacy["unsanitised_because"] = str(e)
+            privacy["flood_std_score_if_sanitised"] = (policy.decoded_std(bound, provider.params.poly_modulus_degree)
+                                                       / np.sqrt(getattr(provider, "replicas", 1)))
     head = provider.prepare(v, c)
     prepare_s = time.perf_counter() - t0
     sk = client.secret_key_bytes() if hasattr(client, "secret_key_bytes") else b""
@@ -106,7 +132,18 @@ def _ckks_cell(name, d, k, v, c, queries):
 
     setup = {"params": params if isinstance(params, str) else str(params), "keygen_s": keygen_s,
              "setup_s": prepare_s, "eval_key_bytes": len(client.public_context()),
-             "secret_key_bytes": len(sk)}
+             "secret_key_bytes": len(sk), **privacy}
+    layout = getattr(client, "layout", None)
+    if layout is not None and hasattr(layout, "rotation_steps"):
+        setup["galois_steps"] = list(layout.rotation_steps)
+    if name.startswith("seal") and FLAGS.throughput_s > 0:
+        # One provider thread evaluating distinct queries back to back (what one core serves).
+        qs = [client.encrypt(z) for z in queries[:4]]
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < FLAGS.throughput_s:
+            provider.apply(qs[n % len(qs)], head)
+            n += 1
+        setup["throughput_qps_1core"] = n / (time.perf_counter() - t0)
     return one, setup
 
 
@@ -186,6 +223,7 @@ def bench_cell(name: str, d: int, k: int, predicted_s: float | None) -> dict:
                 "accuracy_plain": float(np.mean(ref.argmax(1) == labels[: len(scores)])),
                 "max_abs_err_vs_plain": float(np.abs(scores - ref).max()),
                 "score_spread": float(np.ptp(ref))})
+    row["max_err_over_range"] = row["max_abs_err_vs_plain"] / max(row["score_spread"], 1e-300)
     if conc_rows is not None:
         row["execute_vs_clear_quantized_max_abs"] = float(np.max(conc_rows["exec_vs_clear_q"]))
     logging.info("%s", {k_: v_ for k_, v_ in row.items() if not isinstance(v_, dict)})
@@ -253,7 +291,9 @@ def bench_fit(save=lambda rows: None) -> list[dict]:
             t0 = time.perf_counter()
             client = fitting.FitClient(z_b, d_a, FLAGS.params)
             keygen_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
             provider = fitting.FitProvider(client.public_context(), z_a)
+            provider_setup_s = time.perf_counter() - t0
             client.set_provider_bounds(provider.announce())  # the reply range check
             t_enc = t_eval = t_dec = 0.0
             up = down = 0
@@ -274,6 +314,12 @@ def bench_fit(save=lambda rows: None) -> list[dict]:
             rows.append({"method": "ckks (linalign.fhe.fitting)", "n": n, "d_b": d_b, "d_a": d_a,
                          "columns_run": ran, "extrapolated_to_d_b": ran < client.num_columns,
                          "keygen_s": keygen_s, "key_bytes": len(client.public_context()),
+                         "provider_setup_s": provider_setup_s, "flood_bound_B": provider.bound,
+                         "flood_std_slot": provider.flood_std,
+                         "galois_keys": len(client.layout.rotation_steps),
+                         "rotations_per_column": client.layout.rotations_per_column + len(client.layout.fold_steps) + 1,
+                         "multiplies_per_column": client.layout.chunks * client.layout.d_pad,
+                         "layout": str(client.layout),
                          "client_encrypt_s": t_enc * sc, "provider_s": t_eval * sc, "client_decrypt_s": t_dec * sc,
                          "up_bytes": int(up * sc), "down_bytes": int(down * sc),
                          "rel_fro_err": float(np.linalg.norm(got - want) / np.linalg.norm(want)),
@@ -285,56 +331,86 @@ def bench_fit(save=lambda rows: None) -> list[dict]:
     return rows
 
 
+def _fmt(v, f):
+    return "-" if v is None else format(v, f)
+
+
 def _markdown(infer: list[dict], fit: list[dict], meta: dict) -> str:
     out = [f"# FHE backends for HELIX ({meta['date']})", "", f"Command: `{meta['command']}`", "",
            meta["machine"], "", "## Inference (per query; median)", "",
-           "| d | K | backend | enc ms | eval ms | dec ms | up KB | down KB | eval keys | setup s | "
-           "agree | max err | eval x vs dot | bytes x vs dot | notes |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "`seal-v1` is the previous packed layout on the n8192-v1 chain (before), `seal` the current one "
+           "(after); both serve replies the way HELIX does: re-randomised and flooded at lambda_s = "
+           f"{meta.get('flood_bits', 12)} (column 'flooded'). `seal@n4096` cannot carry a flooded reply "
+           "(its flood std is listed) and runs unsanitised. TenSEAL and Concrete ML replies are not "
+           "sanitised. q/s: one provider thread evaluating queries back to back.", "",
+           "| d | K | backend | flooded | enc ms | eval ms | dec ms | up KB | down KB | keys MB | q/s 1 core | "
+           "agree | max err | err / range | B | flood std / score | eval x vs dot | notes |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in infer:
         if "skipped" in r:
-            out.append(f"| {r['d']} | {r['k']} | {r['backend']} | | | | | | | | | | | | skipped: {r['skipped']} |")
+            out.append(f"| {r['d']} | {r['k']} | {r['backend']} |" + " |" * 14 + f" skipped: {r['skipped']} |")
             continue
-        note = ""
         if r["backend"] == "concrete":
             note = (f"n_bits={r['n_bits']}, max bits {r['max_bit_width']}, compile {r['compile_s']:.1f} s, "
                     f"exec-vs-clearQ {r['execute_vs_clear_quantized_max_abs']:.1e}")
         else:
             note = f"params {r['params']}"
+            if r.get("unsanitised_because"):
+                note += f"; flooded it would have std {r['flood_std_score_if_sanitised']:.1e} per score"
+        flooded = "yes" if r.get("sanitised") else "no"
         sp = r.get("eval_speedup_vs_dot")
-        br = r.get("bytes_ratio_vs_dot")
         out.append(
-            f"| {r['d']} | {r['k']} | {r['backend']} | {r['encrypt_ms']:.1f} | {r['eval_ms']:.1f} | "
+            f"| {r['d']} | {r['k']} | {r['backend']} | {flooded} | {r['encrypt_ms']:.1f} | {r['eval_ms']:.1f} | "
             f"{r['decrypt_ms']:.1f} | {r['up_bytes'] / 1e3:.1f} | {r['down_bytes'] / 1e3:.1f} | "
-            f"{r['eval_key_bytes'] / 1e6:.2f} MB | {r['keygen_s'] + r['setup_s']:.2f} | "
+            f"{r['eval_key_bytes'] / 1e6:.2f} | {_fmt(r.get('throughput_qps_1core'), '.0f')} | "
             f"{r['argmax_agreement']:.3f} ({r['queries_run']}) | {r['max_abs_err_vs_plain']:.1e} | "
-            f"{sp and f'{sp:.2f}' or '-'} | {br and f'{br:.3f}' or '-'} | {note} |")
-    out += ["", "## Targets (CKKS packed backend `seal`)", ""]
-    small = [r for r in infer if r["backend"] == "seal" and "eval_ms" in r and r["d"] <= 1024 and r["k"] <= 16]
-    if small:
-        worst_ms = max(r["eval_ms"] for r in small)
-        worst_b = max(r["up_bytes"] + r["down_bytes"] for r in small)
-        out.append(f"- provider evaluation, d <= 1024, K <= 16: max {worst_ms:.1f} ms over {len(small)} cells "
-                   f"(target <= 50 ms: {'met' if worst_ms <= 50 else 'missed'}); bytes per query max "
-                   f"{worst_b / 1e3:.0f} KB (target <= 1 MB: {'met' if worst_b <= 1e6 else 'missed'})")
-    tgt = next((r for r in infer if r["backend"] == "seal" and r["d"] == 768 and r["k"] == 16
-                and "eval_speedup_vs_dot" in r), None)
-    if tgt:
-        out.append(f"- d=768, K=16: seal eval {tgt['eval_ms']:.1f} ms vs tenseal-dot "
-                   f"{tgt['eval_ms'] * tgt['eval_speedup_vs_dot']:.1f} ms = x{tgt['eval_speedup_vs_dot']:.1f} "
-                   f"(target >= 10x: {'met' if tgt['eval_speedup_vs_dot'] >= 10 else 'missed'})")
+            f"{r.get('max_err_over_range', float('nan')):.1e} | {_fmt(r.get('flood_bound_B'), '.1e')} | "
+            f"{_fmt(r.get('flood_std_score'), '.1e')} | {sp and f'{sp:.2f}' or '-'} | {note} |")
+    out += ["", "## Before / after and targets (d x K = 768 x 16 and 4096 x 16, flooded replies)", "",
+            "| d x K | quantity | seal-v1 (before) | seal (after) | target | met |", "|---|---|---|---|---|---|"]
+
+    def cell(name, d, k):
+        return next((r for r in infer if r["backend"] == name and r["d"] == d and r["k"] == k and "eval_ms" in r), None)
+
+    for d, k, t_ms, t_kb in ((768, 16, 5.0, 100.0), (4096, 16, 15.0, 200.0)):
+        a, b = cell("seal-v1", d, k), cell("seal", d, k)
+        if b is None:
+            continue
+        qty = [("provider eval ms", lambda r: r["eval_ms"], t_ms, ".1f"),
+               ("KB per query (up + down)", lambda r: (r["up_bytes"] + r["down_bytes"]) / 1e3, t_kb, ".0f")]
+        if d == 768:
+            qty += [("setup keys MB", lambda r: r["eval_key_bytes"] / 1e6, 1.0, ".2f"),
+                    ("max err / score range", lambda r: r["max_err_over_range"], 1e-3, ".1e"),
+                    ("queries/s, 1 core", lambda r: r.get("throughput_qps_1core") or 0.0, None, ".0f")]
+        for label, f, target, fm in qty:
+            before = format(f(a), fm) if a else "-"
+            after = f(b)
+            if label.startswith("queries/s"):
+                met = "yes" if after >= 200 else "no"
+                tgt = ">= 200"
+            else:
+                met = "yes" if after <= target else "no"
+                tgt = f"<= {target:g}"
+            out.append(f"| {d} x {k} | {label} | {before} | {format(after, fm)} | {tgt} | {met} |")
     out += ["", "## Fitting (cross term, public rows)", "",
-            "| method | n | d_B x d_A | columns run | keygen s | key MB | client enc s | provider s | "
-            "client dec s | up MB | down MB | rel. Frobenius err |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| method | n | d_B x d_A | columns run | keygen s | key MB | provider setup s | client enc s | "
+            "provider s | client dec s | up MB | down MB | rel. Frobenius err | rotations / column | notes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in fit:
         if "skipped" in r:
-            out.append(f"| {r['method']} | {r['n']} | | | | | | | | | | skipped: {r['skipped']} |")
+            out.append(f"| {r['method']} | {r['n']} |" + " |" * 12 + f" skipped: {r['skipped']} |")
             continue
         ex = " (extrapolated)" if r["extrapolated_to_d_b"] else ""
+        note = ""
+        if "galois_keys" in r:
+            note = (f"{r['multiplies_per_column']} multiplies / column, {r['galois_keys']} Galois keys, "
+                    f"B {r['flood_bound_B']:.1e}, flood std {r['flood_std_slot']:.1e} / slot")
         out.append(f"| {r['method']} | {r['n']} | {r['d_b']} x {r['d_a']} | {r['columns_run']}{ex} | "
-                   f"{r['keygen_s']:.1f} | {r['key_bytes'] / 1e6:.1f} | {r['client_encrypt_s']:.1f} | "
+                   f"{r['keygen_s']:.1f} | {r['key_bytes'] / 1e6:.1f} | {_fmt(r.get('provider_setup_s'), '.1f')} | "
+                   f"{r['client_encrypt_s']:.1f} | "
                    f"{r['provider_s']:.1f} | {r['client_decrypt_s']:.1f} | {r['up_bytes'] / 1e6:.1f} | "
-                   f"{r['down_bytes'] / 1e6:.1f} | {r['rel_fro_err']:.1e} |")
+                   f"{r['down_bytes'] / 1e6:.1f} | {r['rel_fro_err']:.1e} | {r.get('rotations_per_column', '-')} | "
+                   f"{note} |")
     return "\n".join(out) + "\n"
 
 
@@ -345,25 +421,36 @@ def _plot(infer: list[dict], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     ks = sorted({r["k"] for r in infer})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for b, name in enumerate(dict.fromkeys(r["backend"] for r in infer)):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    names = list(dict.fromkeys(r["backend"] for r in infer))
+    for b, name in enumerate(names):
         color = f"C{b}"  # one colour per backend, one line style per K
         for k, style in zip(ks, ["-", "--", ":", "-."]):
             pts = [(r["d"], r) for r in infer if r["backend"] == name and r["k"] == k and "eval_ms" in r]
             if not pts:
                 continue
             ds = [p[0] for p in pts]
-            axes[0].plot(ds, [p[1]["encrypt_ms"] + p[1]["eval_ms"] + p[1]["decrypt_ms"] for p in pts],
-                         style, color=color, marker="o", label=f"{name} K={k}")
-            axes[1].plot(ds, [(p[1]["up_bytes"] + p[1]["down_bytes"]) / 1e3 for p in pts], style,
-                         color=color, marker="o", label=f"{name} K={k}")
-    for ax, lab in zip(axes, ["client enc + provider eval + client dec (ms)", "bytes per query (KB)"]):
+            flooded = "" if not name.startswith("seal") else (" flooded" if pts[0][1].get("sanitised") else " unflooded")
+            kw = dict(color=color, marker="o", label=f"{name}{flooded}, K={k}")
+            axes[0].plot(ds, [p[1]["eval_ms"] for p in pts], style, **kw)
+            axes[1].plot(ds, [(p[1]["up_bytes"] + p[1]["down_bytes"]) / 1e3 for p in pts], style, **kw)
+            axes[2].plot(ds, [max(p[1]["max_err_over_range"], 1e-16) for p in pts], style, **kw)
+    titles = ["provider evaluation per query", "bytes per query (up + down)", "max |error| / score range"]
+    ylabels = ["ms", "KB", "relative error"]
+    for ax, title, lab in zip(axes, titles, ylabels):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("d")
+        ax.set_xlabel("d (input width)")
         ax.set_ylabel(lab)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[2].axhline(1e-3, color="k", lw=0.8, ls=":")
+    axes[2].annotate("target 1e-3", (0.02, 1e-3), xycoords=("axes fraction", "data"), va="bottom", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    # One legend below the panels: it never covers a line.
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle("HELIX encrypted inference: seal-v1 (before) vs seal (after), baselines; flooded CKKS replies")
+    fig.tight_layout(rect=(0, 0.12 + 0.03 * ((len(labels) - 1) // 6), 1, 0.95))
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
 
@@ -384,8 +471,13 @@ def main(argv):
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "python " + " ".join(sys.argv),
-            "machine": f"{os.cpu_count()} CPU cores, shared with other jobs while measuring; no GPU.",
-            "load_avg_start": os.getloadavg()}
+            "load_avg_start": os.getloadavg(), "flood_bits": FLAGS.flood_bits}
+    import subprocess
+
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    meta["cpu"] = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "?")
+    meta["machine"] = f"CPU {meta['cpu']} ({os.cpu_count()} cores, shared with other jobs; load average at start " \
+                      f"{meta['load_avg_start'][0]:.1f}); no GPU."
     if "concrete" in FLAGS.backends:
         from linalign.fhe import concrete_backend
 
@@ -402,6 +494,7 @@ def main(argv):
     fit = [] if FLAGS.skip_fit else bench_fit(lambda rows: save_partial(infer, rows))
     meta["partial"] = False
     meta["load_avg_end"] = os.getloadavg()
+    meta["machine"] += f" Load average at end {meta['load_avg_end'][0]:.1f}."
     meta["wall_s"] = time.perf_counter() - t0
     atomic_write(out / "results.json", json.dumps({"meta": meta, "inference": infer, "fitting": fit}, indent=1,
                                             default=float))

@@ -5,7 +5,9 @@
 
 Writes JSON + Markdown (and a PNG for infer) under --out. Inference: provider evaluation time
 (median over reps), per-query and setup bytes, max error against plaintext scores, and the
-baseline/packed speed ratio. Fitting: wall time of each phase and bytes each way.
+baseline/packed speed ratio. Fitting: wall time of each phase and bytes each way. Unsanitised
+replies; the flooded before/after table (the one in docs/results/bench_fhe) is
+experiments/bench_fhe.py's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from linalign.fhe import base
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "infer", ["infer", "fit"], "What to measure.")
 flags.DEFINE_list("shapes", ["576x5", "768x16"], "d x K shapes for inference.")
-flags.DEFINE_list("backends", ["tenseal-dot", "seal"], "Backends for inference.")
+flags.DEFINE_list("backends", ["tenseal-dot", "seal-v1", "seal"], "Backends for inference (seal-v1: the "
+                  "previous packed layout, for before/after).")
 flags.DEFINE_integer("reps", 5, "Timed repetitions per backend and shape.")
 flags.DEFINE_string("params", "n8192", "CKKS preset.")
 flags.DEFINE_integer("n", 4096, "Fitting: public-set rows.")
@@ -43,7 +46,7 @@ def bench_infer(out: pathlib.Path) -> None:
         x = rng.standard_normal(d) / np.sqrt(d)
         v, c = rng.standard_normal((d, k)) / np.sqrt(d), rng.standard_normal(k)
         for name in FLAGS.backends:
-            client = base.make_client(name, d, k, FLAGS.params)
+            client = base.make_client(name, d, k, FLAGS.params if name != "seal-v1" else "n8192-v1")
             provider = base.make_provider(client.public_context())
             head = provider.prepare(v, c)
             q = client.encrypt(x)
@@ -127,6 +130,9 @@ def bench_fit(out: pathlib.Path) -> None:
     ref = np.vstack([zc.T @ z_a, z_a.mean(0)[None]])[:cols]
     factor = client.num_columns / cols  # 1.0 when every column ran
     res = {"n": n, "d_b": d_b, "d_a": d_a, "params": FLAGS.params, "layout": str(client.layout),
+           "rotations_per_column": client.layout.rotations_per_column + len(client.layout.fold_steps) + 1,
+           "multiplies_per_column": client.layout.chunks * client.layout.d_pad,
+           "galois_keys": len(client.layout.rotation_steps),
            "columns_timed": cols, "columns_total": client.num_columns, "extrapolation_factor": factor,
            "keygen_s": t_keys, "provider_encode_s": t_prep, "client_encrypt_s": t_enc * factor,
            "provider_eval_s": t_eval * factor, "client_decrypt_s": t_dec * factor,

@@ -68,7 +68,9 @@ def flood_cost(v, c) -> list:
         std = 0.0
         if bits is not None:
             policy = FloodPolicy(bits)
+            # per score: the client averages the reply's replicas of each score
             std = provider.enable_privacy(calibrate(provider.params, v, c, 1.0, policy), policy)
+            std /= np.sqrt(getattr(provider, "replicas", 1))
         configs.append((bits, client, provider, provider.prepare(v, c), client.encrypt(x), std))
     times = {b[0]: [] for b in configs}
     errs = {b[0]: [] for b in configs}

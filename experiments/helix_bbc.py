@@ -7,7 +7,7 @@ Client (B): all-MiniLM-L6-v2. Public set: sentences of the training articles (no
 1. plaintext reference: map fit in the clear, head applied to mapped client embeddings;
 2. HELIX: a real provider process on 127.0.0.1 over TLS (throw-away CA and certificate) with
    shared-secret authentication; the client fits its map under encryption (``fit``: the
-   provider folds, masks, re-randomises and floods every reply) and classifies the held-out
+   provider folds, re-randomises and floods every reply) and classifies the held-out
    articles with encrypted queries (``query``, flooded replies as well).
 Prints both accuracies, their difference, time and bytes; writes JSON and Markdown.
 """
@@ -125,6 +125,7 @@ def main(argv):
             scores = cl.query(z_hat)
             st = cl.stats
             announced = cl.announced
+            replicas = getattr(cl._backend.layout, "replicas", 1)
         proc.wait(timeout=60)
     acc_he = float(np.mean(np.argmax(scores, 1) == y_test))
     plain_scores = (z_b_test @ w + b) @ v + c
@@ -138,13 +139,19 @@ def main(argv):
         "map_max_abs_w_diff": float(np.abs(np.asarray(affine.w, np.float64) - w).max()),
         "head_max_abs_v": float(np.abs(v).max()),
         "transport": "TLS + HMAC shared-secret auth", "flood_bits": FLAGS.flood_bits,
-        "score_flood_std": announced["flood_std"] / announced["head_scale"],
+        "score_flood_std_per_slot": announced["flood_std"] / announced["head_scale"],
+        # the client averages the replicas of each score in the reply
+        "score_flood_std": announced["flood_std"] / announced["head_scale"] / np.sqrt(replicas),
+        "reply_replicas": replicas,
         "fit_seconds": st.fit_seconds, "fit_up_bytes": st.fit_up, "fit_down_bytes": st.fit_down,
         "setup_bytes": st.setup_up + st.setup_down,
         "queries": st.queries,
         "ms_per_query": 1e3 * st.query_seconds / max(st.queries, 1),
         "bytes_per_query": (st.query_up + st.query_down) / max(st.queries, 1),
     }
+    res["cpu"] = next((l.split(":", 1)[1].strip() for l in subprocess.run(
+        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name")), "unknown")
+    res["load_average_1m_at_end"] = os.getloadavg()[0]
     res["command"] = "python experiments/helix_bbc.py " + " ".join(sys.argv[1:])
     text = json.dumps(res, indent=1)
     print(text)

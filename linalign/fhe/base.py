@@ -288,6 +288,7 @@ _LAZY: dict[str, str] = {
     "tenseal-dot": "linalign.fhe.tenseal_backend",
     "tenseal": "linalign.fhe.tenseal_backend",
     "seal": "linalign.fhe.seal_backend",
+    "seal-v1": "linalign.fhe.seal_backend",
 }
 
 

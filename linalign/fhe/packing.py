@@ -122,3 +122,120 @@ class PackedLayout:
     def simulate(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
         """The K score slots of ``simulate_slots`` -> [K]."""
         return self.simulate_slots(x_d, v_dk, c_k)[self.score_slots()]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicatedLayout:
+    """Full-ring layout: every slot holds a score (or zero), none a partial sum.
+
+    Layout (S slots, d' = next power of two >= d, R = next power of two >= K, C = S / d'):
+
+    * the client tiles z (zero-padded to d') C times, as in ``PackedLayout``;
+    * slot s computes row k = s mod R of V^T: diagonals D_r[s] = V[(s + r) mod d', s mod R]
+      for r < R, evaluated as products rotated back, Horner style:
+      y = P_0 + rot(P_1 + rot(P_2 + ..., 1), 1) with P_r = rot(D_r, -r) * z, i.e.
+      y = sum_r rot(P_r, r) = sum_r D_r * rot(z, r): R - 1 rotations by one step, all on
+      products (before the rescale, so their key-switching noise is divided by the rescale
+      prime) and none on the fresh input;
+    * fold: y += rot(y, R 2^m) for m < log2(d' / R). z and every D_r are d'-periodic in s, so
+      y is too, and a sum of y over the d' consecutive positions s .. s + d' - 1 is a sum over
+      one whole period whatever s is: y[s] = score(s mod R) for s mod R < K, 0 otherwise, in
+      every slot (no window is partial, so copies never mix).
+
+    No slot holds a partial sum over a column window of V, so the reply needs no slot mask
+    (a mask multiply's encoding error times those partial sums dominated the evaluation error);
+    each score is replicated M = S / R times and the client averages the replicas, which
+    divides the reply's independent per-slot noise (flooding included) by sqrt(M).
+
+    Cost: R plaintext multiplies, (R - 1) + log2(d' / R) rotations, one rescale. d=768, K=16,
+    S=4096: 16 multiplies, 15 + 6 = 21 rotations, Galois steps {0, 1, 16, 32, ..., 512}.
+
+    Attributes:
+      d, k, slots, d_pad, copies: as in ``PackedLayout``.
+      rows: R.
+    """
+
+    d: int
+    k: int
+    slots: int
+    d_pad: int
+    copies: int
+    rows: int
+
+    @classmethod
+    def make(cls, d: int, k: int, slots: int) -> "ReplicatedLayout":
+        d_pad = _next_pow2(d)
+        if d_pad > slots:
+            raise ValueError(f"d={d} (padded {d_pad}) does not fit {slots} slots; use a larger ring")
+        rows = _next_pow2(k)
+        if rows > d_pad:
+            raise ValueError(f"K={k} scores exceed d'={d_pad}: use K <= d'")
+        return cls(d, k, slots, d_pad, slots // d_pad, rows)
+
+    @property
+    def replicas(self) -> int:
+        """M = S / R copies of every score in the reply."""
+        return self.slots // self.rows
+
+    @property
+    def horner_steps(self) -> list[int]:
+        return [1] if self.rows > 1 else []
+
+    @property
+    def fold_steps(self) -> list[int]:
+        """R, 2R, 4R, ... < d'."""
+        out, s = [], self.rows
+        while s < self.d_pad:
+            out.append(s)
+            s *= 2
+        return out
+
+    @property
+    def rotation_steps(self) -> list[int]:
+        """Galois steps: 0 (conjugation, circuit privacy), 1 (Horner) and the fold."""
+        return sorted({0} | set(self.horner_steps) | set(self.fold_steps))
+
+    @property
+    def rotations(self) -> int:
+        """Rotations per query, conjugation excluded."""
+        return self.rows - 1 + len(self.fold_steps)
+
+    def replicate(self, x_d: np.ndarray) -> np.ndarray:
+        z = np.zeros(self.d_pad)
+        z[: self.d] = x_d
+        return np.tile(z, self.copies)
+
+    def diagonals(self, v_dk: np.ndarray) -> np.ndarray:
+        """[R, S] pre-rotated diagonals rot(D_r, -r) (the plaintexts of the products P_r)."""
+        s = np.arange(self.slots)
+        v_pad = np.zeros((self.d_pad, self.rows))
+        v_pad[: self.d, : self.k] = v_dk
+        out = np.empty((self.rows, self.slots))
+        for r in range(self.rows):
+            d_r = v_pad[(s + r) % self.d_pad, s % self.rows]
+            out[r] = np.roll(d_r, r)  # out[t] = D_r[t - r]
+        return out
+
+    def bias_slots(self, c_k: np.ndarray) -> np.ndarray:
+        """[S] with c[s mod R] wherever s mod R < K."""
+        c = np.zeros(self.rows)
+        c[: self.k] = c_k
+        return np.tile(c, self.replicas)
+
+    def simulate_slots(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
+        """Plaintext replay of the encrypted schedule (Horner, then fold) -> all [S] slots."""
+        z = self.replicate(x_d)
+        prods = self.diagonals(v_dk) * z
+        y = prods[-1]
+        for r in range(self.rows - 2, -1, -1):
+            y = np.roll(y, -1) + prods[r]
+        for step in self.fold_steps:
+            y = y + np.roll(y, -step)
+        return y + self.bias_slots(c_k)
+
+    def scores(self, slots_s: np.ndarray) -> np.ndarray:
+        """[S] decoded slots -> [K] scores, each the mean of its M replicas."""
+        return np.asarray(slots_s, np.float64).reshape(self.replicas, self.rows).mean(0)[: self.k]
+
+    def simulate(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
+        return self.scores(self.simulate_slots(x_d, v_dk, c_k))

@@ -147,23 +147,54 @@ class CKKSParams:
             raise InsecureParamsError(f"CKKS parameters lack {e}") from None
 
 
-# N=8192, 210 of 218 bits: scale 2^50, two 50-bit primes (2^50 headroom) after the rescale, a
-# 60-bit special prime. Evaluation error ~1e-10 on unit-scale data (the rotations after the
-# rescale switch keys at 50-bit digits under a 60-bit special prime), which leaves room for
-# noise flooding (``linalign.fhe.privacy``). The paper's ring dimension. Default.
-N8192_D1 = CKKSParams(8192, (50, 50, 50, 60), 50).check()
-# N=4096, 109 of 109 bits: scale 2^31, 8 bits headroom (|score| < 256), error near 1e-3. Too
-# little precision for flooding: the HELIX server refuses it; kept for the library benchmarks.
+# Inference (ciphertext x plaintext, then one rescale, reply at the last level):
+# [q0, p1, special]. The query is at [q0, p1] with scale 2^50; the product (scale 2^100) is
+# rotated, folded and conjugated before the rescale, so all key-switching noise is divided by
+# p1; the rescale leaves the reply at [q0] alone (the smallest reply: one prime) with scale
+# 2^50 and 60 - 50 = 10 bits of headroom. 170 of 218 bits at N=8192. Default.
+N8192_D1 = CKKSParams(8192, (60, 50, 60), 50).check()
+# The previous inference chain, kept for before/after benchmarks (backend ``seal-v1``): query
+# at three 50-bit primes, reply at two; the mask multiply of its sanitiser takes 40 bits of
+# the 50-bit headroom. 210 of 218 bits. Also the fit's chain (below).
+N8192_V1 = CKKSParams(8192, (50, 50, 50, 60), 50).check()
+# N=4096, 109 of 109 bits: scale 2^31, 8 bits headroom (|score| < 256). Too little precision
+# for flooding at lambda_s = 12 (docs/notes/helix.md): the HELIX server refuses it; library
+# benchmarks (unsanitised replies) only.
 N4096_D1 = CKKSParams(4096, (39, 31, 39), 31).check()
-# N=16384, 210 of 438 bits: for d*copies beyond 4096 slots; 8192 slots.
-N16384_D1 = CKKSParams(16384, (50, 50, 50, 60), 50).check()
+# N=16384 for d beyond 4096 slots (8192 slots).
+N16384_D1 = CKKSParams(16384, (60, 50, 60), 50).check()
+N16384_V1 = CKKSParams(16384, (50, 50, 50, 60), 50).check()
 
 PRESETS: Mapping[str, CKKSParams] = {
     "n8192": N8192_D1,
+    "n8192-v1": N8192_V1,
     "n4096": N4096_D1,
     "n16384": N16384_D1,
+    "n16384-v1": N16384_V1,
 }
 DEFAULT = N8192_D1
+
+# The fit (``linalign.fhe.fitting``) rotates the client's fresh columns (baby steps) at the top
+# level: its digits must stay well below the 60-bit special prime, so it keeps three 50-bit
+# primes whatever the inference chain. A preset name names a ring size for both phases.
+FIT_PRESETS: Mapping[str, CKKSParams] = {
+    "n8192": N8192_V1,
+    "n8192-v1": N8192_V1,
+    "n16384": N16384_V1,
+    "n16384-v1": N16384_V1,
+}
+FIT_DEFAULT = N8192_V1
+
+
+def get_fit_params(name_or_params: "str | CKKSParams | None") -> CKKSParams:
+    """The fit's chain for a preset name (``FIT_PRESETS``), or a CKKSParams passed through."""
+    if name_or_params is None:
+        return FIT_DEFAULT
+    if isinstance(name_or_params, CKKSParams):
+        return name_or_params.check()
+    if name_or_params not in FIT_PRESETS:
+        raise InsecureParamsError(f"unknown fit preset {name_or_params!r}; known {sorted(FIT_PRESETS)}")
+    return FIT_PRESETS[name_or_params]
 
 
 def get_params(name_or_params: "str | CKKSParams | None") -> CKKSParams:

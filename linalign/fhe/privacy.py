@@ -54,6 +54,7 @@ from linalign.fhe import base
 
 HI_SHIFT = 31  # integer noise = hi * 2^31 + lo
 LO_STD = 2.0**36  # lo's std: above the smoothing parameter of 2^31 Z (~3 * 2^31 at eps = 2^-40)
+DIRECT_MAX_STD = 2.0**44  # below this, one rounded float64 Gaussian (|value| < 2^50 << 2^53)
 
 
 def integer_gaussian(rng, sigma: float, n: int) -> "tuple[np.ndarray, np.ndarray]":
@@ -66,6 +67,12 @@ def integer_gaussian(rng, sigma: float, n: int) -> "tuple[np.ndarray, np.ndarray
     lattice 2^31 Z); their combination is statistically close to a discrete Gaussian of std
     sqrt(sigma^2 + 2^72) ~ sigma over the integers (convolution of lattice Gaussians).
     """
+    if sigma < DIRECT_MAX_STD:
+        # float64 integers are exact below 2^53: a rounded Gaussian already has full integer
+        # resolution, and the 2^36 lo term below would swamp a small sigma (it used to put a
+        # floor of 2^36 on the flood, 4e-3 per slot at scale 2^50).
+        lo = np.rint(rng.normal(0.0, sigma, n))
+        return np.zeros(n, np.int64), lo.astype(np.int64)
     hi = np.rint(rng.normal(0.0, sigma / 2.0**HI_SHIFT, n))
     if not np.all(np.abs(hi) < 2.0**61):
         raise base.FHEError("flooding noise beyond 2^92: the noise bound is not usable")
@@ -140,7 +147,17 @@ class FloodPolicy:
 
 
 class Sanitizer:
-    """Keeps the real parts of ``keep_slots``, re-randomises and floods (module docstring).
+    """Keeps real parts (and optionally only ``keep_slots``), re-randomises and floods.
+
+    Two uses:
+
+    * ``__call__(ct)``: steps 1-4 of the module docstring on a finished result (the windowed
+      layout ``seal-v1``, whose other slots hold partial sums and must be masked);
+    * ``real_part(ct)`` before the rescale, then ``finish(ct)`` after it (the replicated
+      inference layout and the fit, whose slots hold only results, replicas of results or
+      zeros: no mask, so no mask encoding error in B and no headroom spent on it). The key
+      switch of the conjugation then happens at the product's scale and its noise is divided
+      by the rescale prime.
 
     Args:
       ctx: the SEALContext of the session.
@@ -148,27 +165,31 @@ class Sanitizer:
       public_key: the client's seal.PublicKey, or None for calibration (no re-randomisation;
         it adds fresh-encryption-sized noise only).
       params: CKKSParams of the session.
-      keep_slots: [m] slot indices whose real parts are results.
+      keep_slots: [m] slot indices whose real parts are results, or None (no mask).
       mask_bits: scale of the 0 / 1/2 mask plaintext; the result ends at scale
         2^(scale_bits + mask_bits), i.e. with headroom_bits - mask_bits bits for |values|.
-        More bits: smaller delta_s, less headroom.
+        More bits: smaller delta_s, less headroom. Ignored without ``keep_slots``.
     """
 
-    def __init__(self, ctx, galois_keys, public_key, params, keep_slots, mask_bits: int):
+    def __init__(self, ctx, galois_keys, public_key, params, keep_slots=None, mask_bits: int = 0):
         import seal
 
-        self.ctx, self.params, self.mask_bits = ctx, params, int(mask_bits)
+        self.ctx, self.params = ctx, params
+        self.mask_bits = int(mask_bits) if keep_slots is not None else 0
         self._gk = galois_keys
         self._enc = None if public_key is None else seal.Encryptor(ctx, public_key)
         self._encoder = seal.CKKSEncoder(ctx)
         self._ev = seal.Evaluator(ctx)
-        mask = np.zeros(params.slots)
-        mask[np.asarray(keep_slots, dtype=np.int64)] = 0.5  # (ct + conj ct) / 2 = real part
-        self._mask = mask
+        self._mask = None
+        if keep_slots is not None:
+            mask = np.zeros(params.slots)
+            mask[np.asarray(keep_slots, dtype=np.int64)] = 0.5  # (ct + conj ct) / 2 = real part
+            self._mask = mask
         if self.headroom_bits < 4:
             raise base.FHEError(f"mask_bits={mask_bits} leaves {self.headroom_bits} bits of headroom")
         self._rng = np.random.default_rng(secrets.randbits(128))
-        self.sigma = 0.0  # set by ``set_flood``
+        self.bound = 0.0  # B, set by ``set_flood``
+        self.flood_bits = 0
 
     @property
     def headroom_bits(self) -> int:
@@ -176,26 +197,37 @@ class Sanitizer:
         return self.params.headroom_bits - self.mask_bits
 
     def set_flood(self, bound_value: float, policy: "FloodPolicy") -> float:
-        """Turns flooding on for B = ``bound_value``; returns the decoded flood std."""
-        self.sigma = policy.sigma(bound_value, 2.0 ** (self.params.scale_bits + self.mask_bits))
+        """Turns flooding on for B = ``bound_value``; returns the decoded flood std per slot."""
+        self.bound, self.flood_bits = float(bound_value), int(policy.flood_bits)
+        self._policy = policy
         return policy.decoded_std(bound_value, self.params.poly_modulus_degree)
 
-    def __call__(self, ct):
-        """Returns the sanitised ciphertext (same level, scale times 2^mask_bits)."""
-        ev = self._ev
-        out = ev.complex_conjugate(ct, self._gk)
-        ev.add_inplace(out, ct)
-        mask = self._encoder.encode(self._mask, 2.0**self.mask_bits)
-        ev.mod_switch_to_inplace(mask, out.parms_id())
-        ev.multiply_plain_inplace(out, mask)
+    def real_part(self, ct):
+        """ct + conj(ct): twice the real part of every slot (imaginary parts removed)."""
+        out = self._ev.complex_conjugate(ct, self._gk)
+        self._ev.add_inplace(out, ct)
+        return out
+
+    def finish(self, ct):
+        """Mask (if any), re-randomise, flood; returns a new ciphertext at ct's level."""
+        ev, out = self._ev, ct
+        if self._mask is not None:
+            mask = self._encoder.encode(self._mask, 2.0**self.mask_bits)
+            ev.mod_switch_to_inplace(mask, out.parms_id())
+            out = ev.multiply_plain(out, mask)
         if self._enc is not None:
             zero = self._encoder.encode(np.zeros(self.params.slots), out.scale())
             ev.mod_switch_to_inplace(zero, out.parms_id())
-            ev.add_inplace(out, self._enc.encrypt(zero))
-        if self.sigma > 0:
-            hi, lo = integer_gaussian(self._rng, self.sigma, self.params.poly_modulus_degree)
+            out = ev.add(out, self._enc.encrypt(zero))
+        if self.bound > 0:
+            sigma = self._policy.sigma(self.bound, out.scale())
+            hi, lo = integer_gaussian(self._rng, sigma, self.params.poly_modulus_degree)
             out = add_coeffs(self.ctx, ev, out, hi, lo)
         return out
+
+    def __call__(self, ct):
+        """Steps 1-4 on a finished result (same level, scale times 2^mask_bits)."""
+        return self.finish(self.real_part(ct))
 
 
 def noise_bound(errors_value: "list[np.ndarray]", policy: FloodPolicy) -> float:

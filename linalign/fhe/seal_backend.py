@@ -1,10 +1,20 @@
 """Packed CKKS linear layer on Microsoft SEAL through seal-python (``import seal``).
 
-One ciphertext up, one ciphertext down, all K scores inside it (layout: ``packing.py``).
+One ciphertext up, one ciphertext down, all K scores inside it. Two layouts:
+
+* ``seal`` (default): ``packing.ReplicatedLayout`` on the ``n8192`` chain [60, 50, 60]. The
+  product is rotated (Horner, step 1), folded over the whole ring and conjugated while still
+  at scale 2^100, then rescaled once: the reply is at the last level (one prime) and every
+  slot holds a score or zero, so the sanitiser needs no mask; the client averages the
+  M = S / R replicas of each score.
+* ``seal-v1``: the previous ``packing.PackedLayout`` (copies of z serve R rows each, fold
+  inside each copy) on the ``n8192-v1`` chain [50, 50, 50, 60]; its other slots hold partial
+  sums of V, which the sanitiser masks. Kept for before/after benchmarks.
+
 The client encrypts with the secret key; the provider receives the parameters, Galois keys for
 exactly the rotation steps the layout uses, and the client's public key, which it uses only to
 re-randomise replies (``linalign.fhe.privacy``): with ``enable_privacy`` every reply is
-re-randomised, every slot but the K scores is masked, and the error term is flooded.
+re-randomised and its error term flooded.
 
 Wire format (``base.pack_blobs``):
   public context: meta {backend, d_in, k_out, params, steps}, blobs [galois keys, public key]
@@ -18,11 +28,13 @@ from typing import Any
 import numpy as np
 
 from linalign.fhe import base
-from linalign.fhe.packing import PackedLayout
-from linalign.fhe.params import CKKSParams
+from linalign.fhe.packing import PackedLayout, ReplicatedLayout
+from linalign.fhe.params import CKKSParams, get_params
 
 NAME = "seal"
+NAME_V1 = "seal-v1"
 MAX_DIM = 1 << 15
+MIN_PRIVATE_RING = 8192  # N = 4096 (109-bit modulus): flooded replies have std ~ 2 (measured)
 MASK_BITS = 40  # the score mask's scale: 2^-40 relative mask error, 10 bits of score headroom (n8192)
 
 
@@ -47,9 +59,16 @@ def make_context(params: CKKSParams):
 
 
 def ciphertext_bytes(params: CKKSParams, levels_dropped: int = 0) -> int:
-    """Exact serialized size of a 2-polynomial ciphertext (header + members + data)."""
+    """Exact serialized size of a 2-polynomial ciphertext (header + members + data) at the top
+    data level minus ``levels_dropped`` primes."""
     k = len(params.coeff_mod_bit_sizes) - 1 - levels_dropped
     return 113 + 2 * k * params.poly_modulus_degree * 8
+
+
+def reply_scale(ctx, params: CKKSParams) -> float:
+    """Scale of a replicated-layout reply: 2^(2 scale_bits) / p1, as SEAL's rescale computes it."""
+    p1 = ctx.first_context_data().parms().coeff_modulus()[-1].value()
+    return 2.0 ** (2 * params.scale_bits) / p1
 
 
 def load_ciphertext(ctx, data: bytes, what: str, expect_bytes: "int | None" = None):
@@ -72,15 +91,21 @@ def load_ciphertext(ctx, data: bytes, what: str, expect_bytes: "int | None" = No
     return ct
 
 
+def _layout(name: str, d: int, k: int, slots: int):
+    return (ReplicatedLayout if name == NAME else PackedLayout).make(d, k, slots)
+
+
 class SealClient(base.ClientBackend):
     """Key owner. See ``base.ClientBackend``."""
 
     name = NAME
+    default_params = "n8192"
+    compact = True  # seeded queries, bit-packed replies (linalign.fhe.wire)
 
     def __init__(self, d_in: int, k_out: int, params=None):
-        super().__init__(d_in, k_out, params)
+        super().__init__(d_in, k_out, params if params is not None else self.default_params)
         seal = _seal()
-        self.layout = PackedLayout.make(self.d_in, self.k_out, self.params.slots)
+        self.layout = _layout(self.name, self.d_in, self.k_out, self.params.slots)
         self._ctx = make_context(self.params)
         keygen = seal.KeyGenerator(self._ctx)
         self._secret_key = keygen.secret_key()
@@ -90,9 +115,14 @@ class SealClient(base.ClientBackend):
         self._encryptor = seal.Encryptor(self._ctx, self._secret_key)
         self._decryptor = seal.Decryptor(self._ctx, self._secret_key)
         self._encoder = seal.CKKSEncoder(self._ctx)
+        if self.compact:
+            from linalign.fhe import wire
+
+            self._seeded = wire.SeededEncryptor(self._ctx, self._secret_key)
+            self._codec = wire.CompactCodec(self._ctx, self._encryptor.encrypt_symmetric)
         self._public = base.pack_blobs(
             {
-                "backend": NAME,
+                "backend": self.name,
                 "d_in": self.d_in,
                 "k_out": self.k_out,
                 "params": self.params.to_dict(),
@@ -107,7 +137,12 @@ class SealClient(base.ClientBackend):
     def decrypt_slots(self, reply: bytes) -> np.ndarray:
         """All [S] decoded slots of a reply (tests: what a curious client could read)."""
         meta, blobs = base.unpack_blobs(reply, what="reply")
-        ct = load_ciphertext(self._ctx, blobs[0], "reply")
+        if meta.get("kind") != "reply" or len(blobs) != 1:
+            raise base.DeserializationError("reply: expected kind 'reply' with one ciphertext")
+        if self.compact:
+            ct = self._codec.load(blobs[0], "reply", 1, False, reply_scale(self._ctx, self.params))
+        else:
+            ct = load_ciphertext(self._ctx, blobs[0], "reply")
         return np.asarray(self._encoder.decode(self._decryptor.decrypt(ct)), dtype=np.float64)
 
     def secret_key_bytes(self) -> bytes:
@@ -117,16 +152,24 @@ class SealClient(base.ClientBackend):
     def encrypt(self, x_d: np.ndarray) -> bytes:
         x = base.check_vector(x_d, self.d_in, "query")
         pt = self._encoder.encode(self.layout.replicate(x), 2.0**self.params.scale_bits)
+        if self.compact:
+            return base.pack_blobs({"kind": "query"}, [self._seeded.encrypt(pt)])
         ct = self._encryptor.encrypt_symmetric(pt)
         return base.pack_blobs({"kind": "query"}, [ct.to_string()])
 
     def decrypt(self, reply: bytes) -> np.ndarray:
-        meta, blobs = base.unpack_blobs(reply, what="reply")
-        if meta.get("kind") != "reply" or len(blobs) != 1:
-            raise base.DeserializationError("reply: expected kind 'reply' with one ciphertext")
-        ct = load_ciphertext(self._ctx, blobs[0], "reply")
-        vals = self._encoder.decode(self._decryptor.decrypt(ct))
-        return np.asarray(vals, dtype=np.float64)[self.layout.score_slots()]
+        vals = self.decrypt_slots(reply)
+        if isinstance(self.layout, ReplicatedLayout):
+            return self.layout.scores(vals)  # mean of the M replicas of each score
+        return vals[self.layout.score_slots()]
+
+
+class SealClientV1(SealClient):
+    """The previous layout and chain (``seal-v1``), for before/after benchmarks."""
+
+    name = NAME_V1
+    default_params = "n8192-v1"
+    compact = False  # SEAL's own (uncompressed) serialisation
 
 
 class SealProvider(base.ProviderBackend):
@@ -137,8 +180,8 @@ class SealProvider(base.ProviderBackend):
     def __init__(self, public_context: bytes):
         seal = _seal()
         meta, blobs = base.unpack_blobs(public_context, what="public context")
-        if meta.get("backend") != NAME:
-            raise base.DeserializationError(f"public context is for {meta.get('backend')!r}")
+        if meta.get("backend") != self.name:
+            raise base.DeserializationError(f"public context is for {meta.get('backend')!r}, not {self.name!r}")
         if set(meta) - {"backend", "d_in", "k_out", "params", "steps"}:
             raise base.DeserializationError(f"public context: unexpected fields {sorted(meta)}")
         if len(blobs) != 2:
@@ -150,7 +193,7 @@ class SealProvider(base.ProviderBackend):
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise base.DeserializationError(f"public context: bad params ({e})") from None
         try:
-            self.layout = PackedLayout.make(self.d_in, self.k_out, self.params.slots)
+            self.layout = _layout(self.name, self.d_in, self.k_out, self.params.slots)
         except ValueError as e:
             raise base.DeserializationError(f"public context: {e}") from None
         if meta.get("steps") != self.layout.rotation_steps:
@@ -160,6 +203,9 @@ class SealProvider(base.ProviderBackend):
             self._galois = self._ctx.from_galois_str(blobs[0])
         except (RuntimeError, ValueError) as e:
             raise base.DeserializationError(f"public context: bad Galois keys ({e})") from None
+        for step in self.layout.rotation_steps:
+            if not self._galois.has_key(_galois_element(self.params, step)):
+                raise base.DeserializationError(f"public context: no Galois key for rotation step {step}")
         try:
             self._public_key = self._ctx.from_public_str(blobs[1])
         except (RuntimeError, ValueError) as e:
@@ -168,26 +214,44 @@ class SealProvider(base.ProviderBackend):
         self._encoder = seal.CKKSEncoder(self._ctx)
         self._query_bytes = ciphertext_bytes(self.params)
         self._sanitizer = None
+        self.compact = self.name == NAME
+        if self.compact:
+            from linalign.fhe import wire
+
+            self._codec = wire.CompactCodec(self._ctx, seal.Encryptor(self._ctx, self._public_key).encrypt)
 
     def enable_privacy(self, bound_value: float, policy) -> float:
-        """Every later reply is re-randomised, masked and flooded; returns the decoded flood std.
+        """Every later reply is re-randomised (and, for seal-v1, masked) and flooded; returns
+        the decoded flood std per slot.
 
         Args:
           bound_value: B from ``calibrate`` (evaluation-error bound, value units).
           policy: linalign.fhe.privacy.FloodPolicy.
         """
+        if self.params.poly_modulus_degree < MIN_PRIVATE_RING:
+            raise base.FHEError(
+                f"N={self.params.poly_modulus_degree} cannot carry circuit-private (flooded) replies at useful precision "
+                f"(its scale 2^{self.params.scale_bits} gives B ~ 1e-5, a flood of std ~ 2 per slot at "
+                f"lambda_s = 12); use n8192 or n16384")
         self._sanitizer = self._make_sanitizer(self._public_key)
         return self._sanitizer.set_flood(bound_value, policy)
 
     def _make_sanitizer(self, public_key):
         from linalign.fhe.privacy import Sanitizer
 
+        if isinstance(self.layout, ReplicatedLayout):
+            return Sanitizer(self._ctx, self._galois, public_key, self.params)
         return Sanitizer(self._ctx, self._galois, public_key, self.params, self.layout.score_slots(), MASK_BITS)
 
     @property
     def reply_headroom_bits(self) -> int:
         """log2 of the largest |score| a sanitised reply can carry."""
         return self._make_sanitizer(None).headroom_bits
+
+    @property
+    def replicas(self) -> int:
+        """Copies of each score the client averages (1 for seal-v1)."""
+        return getattr(self.layout, "replicas", 1)
 
     def is_private(self) -> bool:
         # The provider context is built from parameters and Galois keys only; there is no
@@ -197,24 +261,78 @@ class SealProvider(base.ProviderBackend):
     def prepare(self, v_dk: np.ndarray, c_k: np.ndarray) -> Any:
         v, c = base.check_head(v_dk, c_k, self.d_in, self.k_out)
         scale = 2.0**self.params.scale_bits
+        if isinstance(self.layout, ReplicatedLayout):
+            # ct + conj(ct) doubles the real part: the head is halved here instead.
+            diags = [self._encoder.encode(row, scale) for row in self.layout.diagonals(v / 2)]
+            return {"diags": diags, "bias": self.layout.bias_slots(c / 2)}
         diags = [self._encoder.encode(row, scale) for row in self.layout.diagonals(v)]
         return {"diags": diags, "bias": self.layout.bias_slots(c)}
 
-    def apply(self, query: bytes, head: Any) -> bytes:
+    def _load_query(self, query: bytes):
         meta, blobs = base.unpack_blobs(query, what="query")
         if meta.get("kind") != "query" or len(blobs) != 1:
             raise base.DeserializationError("query: expected kind 'query' with one ciphertext")
+        top = len(self.params.coeff_mod_bit_sizes) - 1
+        if self.compact:
+            return self._codec.load(blobs[0], "query", top, True, 2.0**self.params.scale_bits)
         ct = load_ciphertext(self._ctx, blobs[0], "query", self._query_bytes)
-        if ct.coeff_modulus_size() != len(self.params.coeff_mod_bit_sizes) - 1:
+        if ct.coeff_modulus_size() != top:
             raise base.DeserializationError("query: ciphertext is not at the top level")
-        ev, gk = self._evaluator, self._galois
+        return ct
+
+    def apply(self, query: bytes, head: Any) -> bytes:
+        ct = self._load_query(query)
+        try:
+            if isinstance(self.layout, ReplicatedLayout):
+                out = self._apply_replicated(ct, head)
+            else:
+                out = self._apply_windowed(ct, head)
+        except RuntimeError as e:  # e.g. SEAL refuses a transparent result (an all-zero head)
+            raise base.FHEError(f"SEAL evaluation failed: {e}") from None
+        return base.pack_blobs({"kind": "reply"}, [self._codec.dump(out) if self.compact else out.to_string()])
+
+    def _rotate(self, ct, step: int):
+        try:
+            return self._evaluator.rotate_vector(ct, step, self._galois)
+        except (RuntimeError, ValueError) as e:  # SEAL: "Galois key not present"
+            raise base.FHEError(f"rotation by {step} needs a Galois key the client did not send ({e})") from None
+
+    def _conjugate(self, ct):
+        try:
+            return self._evaluator.complex_conjugate(ct, self._galois)
+        except (RuntimeError, ValueError) as e:
+            raise base.FHEError(f"conjugation needs the Galois key of step 0 ({e})") from None
+
+    def _apply_replicated(self, ct, head):
+        ev, diags = self._evaluator, head["diags"]
+        # Horner on products: y = P_0 + rot(P_1 + rot(P_2 + ...)); the fresh input is never
+        # rotated and every key switch happens at scale 2^100, before the rescale.
+        acc = ev.multiply_plain(ct, diags[-1])
+        for r in range(len(diags) - 2, -1, -1):
+            acc = self._rotate(acc, 1)
+            ev.add_inplace(acc, ev.multiply_plain(ct, diags[r]))
+        for step in self.layout.fold_steps:
+            ev.add_inplace(acc, self._rotate(acc, step))
+        bias = self._encoder.encode(head["bias"], acc.scale())
+        ev.mod_switch_to_inplace(bias, acc.parms_id())
+        ev.add_plain_inplace(acc, bias)
+        # Real parts (ct + conj ct = 2 Re, the head was halved) in every mode: the layout's
+        # result is defined by it, and a client's imaginary parts never reach the reply.
+        ev.add_inplace(acc, self._conjugate(acc))
+        ev.rescale_to_next_inplace(acc)  # -> the last level: the reply is one prime wide
+        if self._sanitizer is not None:
+            acc = self._sanitizer.finish(acc)
+        return acc
+
+    def _apply_windowed(self, ct, head):
+        ev = self._evaluator
         acc = ev.multiply_plain(ct, head["diags"][0])
         for r in self.layout.diag_steps:
-            acc = ev.add(acc, ev.multiply_plain(ev.rotate_vector(ct, r, gk), head["diags"][r]))
+            acc = ev.add(acc, ev.multiply_plain(self._rotate(ct, r), head["diags"][r]))
         ev.rescale_to_next_inplace(acc)
         # Folding after the rescale: key switching at one prime is ~2x cheaper.
         for step in self.layout.fold_steps:
-            acc = ev.add(acc, ev.rotate_vector(acc, step, gk))
+            acc = ev.add(acc, self._rotate(acc, step))
         bias = self._encoder.encode(head["bias"], acc.scale())
         ev.mod_switch_to_inplace(bias, acc.parms_id())
         ev.add_plain_inplace(acc, bias)
@@ -222,34 +340,51 @@ class SealProvider(base.ProviderBackend):
         # error term depends on V: the sanitizer masks the first and floods the second.
         if self._sanitizer is not None:
             acc = self._sanitizer(acc)
-        return base.pack_blobs({"kind": "reply"}, [acc.to_string()])
+        return acc
+
+
+class SealProviderV1(SealProvider):
+    name = NAME_V1
+
+
+def _galois_element(params: CKKSParams, step: int) -> int:
+    """SEAL's Galois element for a slot rotation by ``step`` (0: conjugation), i.e. 3^step
+    mod 2N (step >= 0), 2N - 1 for the conjugation."""
+    m = 2 * params.poly_modulus_degree
+    return m - 1 if step == 0 else pow(3, step, m)
 
 
 def calibrate(params: CKKSParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm: float, policy,
-              trials: int = 3, seed: int = 0) -> float:
+              trials: int = 3, seed: int = 0, backend: str = NAME) -> float:
     """The flooding bound B for this head: the provider's own keys, its exact circuit.
 
-    Runs ``trials`` random queries of L2 norm ``input_norm`` through an unsanitised provider
-    built from a fresh client of the provider's own, and compares every slot with the plaintext
-    replay of the schedule. Returns B (value units) = margin * sqrt(2) * largest slot error.
+    Runs ``trials`` random queries of L2 norm ``input_norm`` through an unflooded provider
+    (conjugation and, for seal-v1, the mask included; no re-randomisation) built from a fresh
+    client of the provider's own, and compares every slot with the plaintext replay of the
+    schedule. Returns B (value units) = margin * sqrt(2) * largest slot error.
     """
     from linalign.fhe.privacy import noise_bound
 
     d, k = np.shape(v_dk)
-    client = SealClient(d, k, params)
-    provider = SealProvider(client.public_context())
-    provider._sanitizer = provider._make_sanitizer(None)  # steps 1-2 of the sanitiser, no flood
+    spec = base.get_backend(backend)
+    client = spec.client(d, k, params)
+    provider = spec.provider(client.public_context())
+    provider._sanitizer = provider._make_sanitizer(None)  # no flood, no re-randomisation
     head = provider.prepare(v_dk, c_k)
-    keep = np.zeros(provider.params.slots, dtype=bool)
-    keep[provider.layout.score_slots()] = True
+    lay = provider.layout
     rng = np.random.default_rng(seed)
     errs = []
     for _ in range(trials):
         x = rng.standard_normal(d)
         x *= input_norm / np.linalg.norm(x)
-        got = client.decrypt_slots(provider.apply(client.encrypt(x), head))
-        errs.append(got - np.where(keep, provider.layout.simulate_slots(x, v_dk, c_k), 0.0))
+        want = lay.simulate_slots(x, v_dk, c_k)
+        if not isinstance(lay, ReplicatedLayout):
+            keep = np.zeros(provider.params.slots, dtype=bool)
+            keep[lay.score_slots()] = True
+            want = np.where(keep, want, 0.0)
+        errs.append(client.decrypt_slots(provider.apply(client.encrypt(x), head)) - want)
     return noise_bound(errs, policy)
 
 
-base.register_backend(NAME, SealClient, SealProvider, "SEAL CKKS, packed, minimal Galois keys")
+base.register_backend(NAME, SealClient, SealProvider, "SEAL CKKS, replicated layout, reply at the last level")
+base.register_backend(NAME_V1, SealClientV1, SealProviderV1, "SEAL CKKS, previous windowed layout (benchmarks)")

@@ -20,6 +20,24 @@ def test_presets_within_bound(name):
     assert p.check() is p
 
 
+@pytest.mark.parametrize("name", sorted(P.FIT_PRESETS))
+def test_fit_presets_within_bound(name):
+    p = P.get_fit_params(name)
+    assert p.log_q <= P.HE_STANDARD_MAX_LOGQ_128[p.poly_modulus_degree]
+    assert p.check() is p
+    # The fit encodes its columns at scale 2^85 and keeps 14 bits above the reply's scale.
+    from linalign.fhe.fitting import REPLY_HEADROOM_BITS, input_scale_bits
+
+    assert input_scale_bits(p) + REPLY_HEADROOM_BITS < sum(p.coeff_mod_bit_sizes[:-2])
+
+
+def test_inference_chain_has_no_spare_prime():
+    """The default chain is [q0, p1, special]: the reply after the one rescale is one prime wide,
+    and q0 leaves 10 bits above the scale for the scores."""
+    p = P.get_params("n8192")
+    assert len(p.coeff_mod_bit_sizes) == 3 and p.headroom_bits == 10
+
+
 def test_rejects_too_many_bits():
     with pytest.raises(P.InsecureParamsError, match="218 allowed at N=8192"):
         P.CKKSParams(8192, (60, 40, 40, 40, 60), 40).check()  # 240 bits
