@@ -29,7 +29,7 @@ import numpy as np
 
 from linalign.fhe import base
 from linalign.fhe.packing import PackedLayout, ReplicatedLayout
-from linalign.fhe.params import CKKSParams, get_params
+from linalign.fhe.params import CKKSParams
 
 NAME = "seal"
 NAME_V1 = "seal-v1"

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import D_A, D_B, K, N_PUBLIC, REPO, make_data, start_server
+from conftest import D_A, K, N_PUBLIC, REPO, make_data, start_server
 from linalign.fhe import base
 from linalign.helix import messages as M
 from linalign.helix.client import HelixClient
