@@ -92,7 +92,6 @@ def define_extract_flags() -> None:
     shared.define_mesh("over each process's own devices (default data=-1: extraction needs no "
                        "communication).")
     shared.alias("extract_mesh", "mesh")
-    shared.define_cache_dir()
 
 
 def define_plan_flags() -> None:

@@ -176,8 +176,9 @@ def _render_classification(rep, cfg, d, res, rows, mats, regimes) -> None:
     labels = [C.short(m) for m in cfg.models]
     for r in regimes:
         rep.heatmap(f"accuracy_{r.replace('+', '_plus_')}", mats[r], labels, labels,
-                    title=f"accuracy ({r}); row = target head, col = source; diag = native",
-                    vmin=0, vmax=1)
+                    title=f"Accuracy of the target's head, {r} map (diagonal: native)",
+                    xlabel="source model (embeddings mapped)", ylabel="target model (head)",
+                    cbar_label="accuracy")
     res["setup"] = {"corpus": d.corpus_name, "n_train": len(d.tr), "n_test": len(d.te),
                     "classes": d.label_names, "public": d.public_name, "n_public": len(d.public),
                     "n_in_dist": len(d.in_dist), "max_length": cfg.max_length, "seed": cfg.seed}
@@ -289,7 +290,8 @@ def _render_ood(rep, cfg, ood_sets, rows, auroc_mat) -> None:
                     if a != b:
                         mat[i, j] = auroc_mat.get((a, b, r, oname), np.nan)
             rep.heatmap(f"energy_auroc_{oname}_{r.split()[0]}".replace("/", "_"), mat, labels, labels,
-                        title=f"energy AUROC vs {oname} ({r}); diag = native", vmin=0.5, vmax=1)
+                        title=f"Energy AUROC vs {oname} ({r}; diagonal: native)",
+                        xlabel="source model", ylabel="target model (head)", cbar_label="AUROC")
 
 
 def run_scaling(cfg: C.StudyConfig, name: str = "scaling") -> Report:

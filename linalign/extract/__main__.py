@@ -42,6 +42,7 @@ def define_job_flags() -> None:
     flags.DEFINE_integer("limit", None, "Only the first N texts (after --shuffle_seed).")
     flags.DEFINE_integer("shuffle_seed", None, "Shuffle the texts with this seed first.")
     flags.DEFINE_integer("shard_rows", 4096, "Texts per store shard (the resume granularity).")
+    shared.define_cache_dir()
 
 
 def define_flags() -> None:
