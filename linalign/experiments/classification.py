@@ -104,8 +104,7 @@ def run_classification(cfg: C.StudyConfig, name: str = "classification", data: T
     heads, native = {}, {}
     classes = list(range(len(d.label_names)))
     for a in cfg.models:
-        heads[a] = runner.model(a, "native head", lambda a=a: fit_head(d.z[a][d.tr], d.y[d.tr], classes,
-                                                                       seed=cfg.seed))
+        heads[a] = runner.model(a, "native head", lambda a=a: fit_head(d.z[a][d.tr], d.y[d.tr], classes))
         if heads[a] is not None:
             native[a] = heads[a].accuracy(d.z[a][d.te], d.y[d.te])
             logging.info("native %s: %.4f", C.short(a), native[a])
@@ -237,7 +236,7 @@ def run_ood(cfg: C.StudyConfig, name: str = "ood") -> Report:
             auroc_mat[key] = auroc
 
     def native_step(a):
-        head = fit_head(d.z[a][tr], y_tr, list(range(len(keep_names))), seed=cfg.seed)
+        head = fit_head(d.z[a][tr], y_tr, list(range(len(keep_names))))
         maha = Mahalanobis.fit(d.z[a][tr], y_tr)
         return head, maha, scores(a, head, maha, "native", a, lambda z: z)
 
@@ -309,8 +308,7 @@ def run_scaling(cfg: C.StudyConfig, name: str = "scaling") -> Report:
     rng = np.random.default_rng(cfg.seed + 5)
     order = rng.permutation(d.tr)
     classes = list(range(len(d.label_names)))
-    heads = {a: runner.model(a, "native head", lambda a=a: fit_head(d.z[a][d.tr], d.y[d.tr], classes,
-                                                                    seed=cfg.seed))
+    heads = {a: runner.model(a, "native head", lambda a=a: fit_head(d.z[a][d.tr], d.y[d.tr], classes))
              for a in cfg.models}
     r2s, accs, out = {}, {}, []
     rep.text(f"Map fit on the first n of a fixed random order of the {len(d.tr)} training texts "
