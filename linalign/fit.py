@@ -58,11 +58,12 @@ def main(argv):
     if not F.overwrite and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise app.UsageError(f"--out_dir={F.out_dir} exists and is not empty; pass --overwrite "
                              "to replace it, or name a new directory")
+    mesh = make_mesh(F.mesh) if F.mesh else None  # a mesh that cannot be built fails first
     src, tgt = open_embeddings(F.source), open_embeddings(F.target)
     grid = None if F.lam_grid is None else [float(x) for x in F.lam_grid]
     result = fitting.fit_sources(
         src, tgt, lam=F.lam, lam_grid=grid, val_fraction=F.val_fraction, folds=F.folds,
-        seed=F.seed, batch_size=F.batch_size, mesh=make_mesh(F.mesh) if F.mesh else None,
+        seed=F.seed, batch_size=F.batch_size, mesh=mesh,
         method=F.method, dtype=F.dtype, scale=None if F.scale == "none" else F.scale)
     out = fitting.write_fit(result, F.out_dir, overwrite=F.overwrite)
     if F.verbose:

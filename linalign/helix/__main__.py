@@ -134,6 +134,8 @@ def serve() -> None:
     server = Server(load_bundle(FLAGS.head), cfg)
     if FLAGS.port_file:
         atomic_write(FLAGS.port_file, str(server.port))
+    print(f"serving on {FLAGS.host}:{server.port} ({'TLS' if FLAGS.tls_cert else 'no TLS'}); "
+          "Ctrl-C stops", flush=True)
     server.serve_forever()
 
 
