@@ -357,13 +357,22 @@ def _plot(infer: list[dict], path: pathlib.Path) -> None:
                          style, color=color, marker="o", label=f"{name} K={k}")
             axes[1].plot(ds, [(p[1]["up_bytes"] + p[1]["down_bytes"]) / 1e3 for p in pts], style,
                          color=color, marker="o", label=f"{name} K={k}")
-    for ax, lab in zip(axes, ["client enc + provider eval + client dec (ms)", "bytes per query (KB)"]):
+    titles = ["Latency per encrypted query", "Traffic per encrypted query"]
+    for ax, lab, title in zip(axes, ["client enc + provider eval + client dec (ms)",
+                                     "bytes per query (KB)"], titles):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("d")
-        ax.set_ylabel(lab)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+        ax.set_xlabel("embedding width d", fontsize=10)
+        ax.set_ylabel(lab, fontsize=10)
+        ax.set_title(title, fontsize=11)
+        ax.tick_params(labelsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("HELIX inference: backend x number of classes K", fontsize=12)
+    # One legend below both axes, where it covers no line.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=9,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(labels) - 1) // 4), 1, 1))
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
 
