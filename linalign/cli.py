@@ -65,20 +65,17 @@ class Program:
     own_flags: Optional[list] = None  # filled by the first define
 
 
-class UserError(Exception):
-    """A mistake the user can fix; reported as one line with exit status 2."""
-
-
 def user_error_types() -> tuple:
     """Exceptions shown as one line: bad input and files, never a bug's KeyError/TypeError."""
     from absl import app, flags
 
-    types = [ValueError, OSError, UserError, app.UsageError, flags.Error]
-    try:  # fetching assets: a failed download, a checksum mismatch
-        from linalign.assets.store import AssetError
-        types.append(AssetError)
-    except ImportError:
-        pass
+    types = [ValueError, OSError, app.UsageError, flags.Error]
+    # RuntimeErrors the user can act on: a failed asset download or checksum, and the HELIX
+    # provider's refusal (an ERROR frame: budget spent, fit not allowed). Only modules already
+    # loaded by the command can have raised them.
+    for module, name in (("linalign.assets.store", "AssetError"), ("linalign.helix.messages", "PeerError")):
+        if module in sys.modules:
+            types.append(getattr(sys.modules[module], name))
     return tuple(types)
 
 
@@ -201,6 +198,9 @@ def run(prog: str, program: Program, args: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `linalign ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except user_error_types() as e:
         if debug:
             raise
