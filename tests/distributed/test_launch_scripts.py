@@ -55,7 +55,7 @@ def test_slurm_script_joins_tasks_through_jax_slurm_detector(tmp_path):
     proc = subprocess.run(
         ["bash", str(REPO / "launch" / "slurm_gpu.sh"), "fit", f"--source={tmp_path / 'zb.npy'}",
          f"--target={tmp_path / 'za.npy'}", f"--out_dir={out}", "--batch_size=32",
-         "--mesh=data=2,model=2", "--lam=1e-1", "--val_fraction=0"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+         "--mesh=data=2,model=2", "--lam=1e-1", "--val_fraction=0", "--verbose"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     logs = "".join((tmp_path / "logs" / f"task_{i}.log").read_text() for i in range(2))
     assert proc.returncode == 0, proc.stderr + logs[-3000:]
     assert "runtime slurm: process 0 of 2, 4 local / 8 global devices" in logs
