@@ -1,6 +1,6 @@
 """Installs linalign.
 
-Core (`pip install .`): loading safetensors/GGUF checkpoints, extraction, fitting, metrics,
+Core (`pip install .`, which also installs the `linalign` command): loading safetensors/GGUF checkpoints, extraction, fitting, metrics,
 experiments and generation, on any Python >= 3.11 with current jax/flax/numpy releases.
 Extras: `reference` (torch + accelerate, the numerical reference for parity tests and benchmarks),
 `fhe` (the homomorphic-encryption libraries HELIX uses; their pins, numpy < 2 among them, live
@@ -17,6 +17,8 @@ setuptools.setup(
     "and HELIX privacy-preserving inference built on it.",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["linalign", "linalign.*"]),
+    # `linalign <command>`: extract, fit, experiments, helix, assets, distributed, plan.
+    entry_points={"console_scripts": ["linalign = linalign.cli:console_main"]},
     install_requires=[
         "numpy>=1.26",
         "scipy",

@@ -5,7 +5,7 @@ evaluated on held-out texts, and the map loaded by the HELIX client and the cros
   # 1. extraction (two processes per model, through launch/local_cpu.sh; see README of the results)
   launch/local_cpu.sh -n 2 -m 1 -- python -m linalign.distributed extract \
       --model=gemma3-270m --corpus=austen+bbc_sentences+fortunes --shuffle_seed=0 \
-      --limit=36000 --per_token --forward_batch=32 --shard_rows=1024 --out_dir=emb/gemma
+      --limit=36000 --per_token --batch_size=32 --shard_rows=1024 --out_dir=emb/gemma
   (the same with --model=smollm2-135m-instruct --out_dir=emb/smol)
   # 2. fits at several row counts (each: launch/local_cpu.sh -n 2 -m 1 -- python -m
   #    linalign.distributed fit --pair_tokens ...), held-out evaluation, plot and results
@@ -53,7 +53,7 @@ def _fit(n_rows: int, out: pathlib.Path) -> dict:
     """One two-process fit of the first n_rows pairs; returns its report plus the wall time."""
     cmd = ["bash", str(REPO / "launch" / "local_cpu.sh"), "-n", "2", "-m", "1", "-l",
            str(out) + ".logs", "--", sys.executable, "-m", "linalign.distributed", "fit",
-           f"--source_store={FLAGS.source}", f"--target_store={FLAGS.target}", "--pair_tokens",
+           f"--source={FLAGS.source}", f"--target={FLAGS.target}", "--pair_tokens",
            f"--max_rows={n_rows}", f"--out_dir={out}", "--overwrite", "--lam=auto",
            "--val_fraction=0.02", f"--batch_size={FLAGS.batch_size}", "--checkpoint_every=20"]
     if FLAGS.allow_incomplete:
@@ -148,7 +148,7 @@ def check_consumers(map_path: pathlib.Path, src, heldout: np.ndarray, target, wo
         port = int(port_file.read_text())
         q = subprocess.run(helix + ["query", f"--port={port}", f"--map={map_path}",
                                     f"--embeddings={work / 'queries.npy'}",
-                                    f"--out={work / 'scores.npy'}"], env=env, cwd=REPO,
+                                    f"--out_dir={work / 'scores'}"], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=900)
     finally:
         if q is not None and q.returncode == 0:
@@ -157,7 +157,7 @@ def check_consumers(map_path: pathlib.Path, src, heldout: np.ndarray, target, wo
             server.kill()
     if q.returncode != 0:
         raise RuntimeError(f"helix query failed: {q.stderr[-3000:]}")
-    enc = np.load(work / "scores.npy")
+    enc = np.load(work / "scores" / "scores.npy")
     plain = np.asarray(amap(z), np.float64) @ v_dk
     helix_out = {"command": "python -m linalign.helix query --map=" + map_path.name,
                  "queries": 4, "max_abs_error_vs_plaintext": float(np.max(np.abs(enc - plain))),

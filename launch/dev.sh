@@ -13,11 +13,16 @@
 # $LINALIGN_CORE_VENV (default: .venv-core), uses $PYTHON_CORE (default: pyenv's 3.12, else
 # python3.12) and is upgraded to the newest releases on every setup-core; it gets the
 # `reference` extra (torch, for the parity tests) unless LINALIGN_CORE_TORCH=0.
+# torch comes from PyTorch's CPU wheel index ($LINALIGN_TORCH_INDEX, default
+# https://download.pytorch.org/whl/cpu; set it empty for PyPI's default, a CUDA build on Linux).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 venv="${LINALIGN_VENV:-$here/.venv}"
 py="${PYTHON:-python3}"
+torch_index="${LINALIGN_TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
+index_args=()
+[ -n "$torch_index" ] && index_args=(--extra-index-url "$torch_index")
 
 stamp_of() { cat requirements.txt requirements.lock requirements-fhe-nodeps.txt setup.py | sha256sum | cut -d' ' -f1; }
 
@@ -28,7 +33,7 @@ setup_env() {
   echo "[linalign] creating environment in $venv" >&2
   local t0=$SECONDS
   "$py" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q -r requirements.txt -c requirements.lock
+  "$venv/bin/python" -m pip install -q "${index_args[@]}" -r requirements.txt -c requirements.lock
   # Concrete ML pins torch 2.3.1 and transformers<4.58; its real requirements are met by the
   # set above, so it goes in without its own pins (see BUILD_NOTES.md).
   "$venv/bin/python" -m pip install -q --no-deps -r requirements-fhe-nodeps.txt
@@ -59,9 +64,9 @@ setup_core() {
     echo "[linalign] creating core environment in $core_venv ($("$cpy" -V))" >&2
     "$cpy" -m venv "$core_venv"
   fi
-  # Unpinned on purpose: this environment tracks the newest jax/flax/numpy releases. On Linux
-  # PyPI's torch is a CUDA build (about 4 GB with its libraries; 70 s to install here).
-  "$core_venv/bin/python" -m pip install -q -U --upgrade-strategy eager -e ".[$extras]"
+  # Unpinned on purpose: this environment tracks the newest jax/flax/numpy releases. torch from
+  # the CPU index (PyPI's Linux torch is a CUDA build: about 4 GB more with its libraries).
+  "$core_venv/bin/python" -m pip install -q "${index_args[@]}" -U --upgrade-strategy eager -e ".[$extras]"
   echo "[linalign] core environment ready in $((SECONDS - t0)) s ($(du -sh "$core_venv" | cut -f1)):" \
     "$("$core_venv/bin/python" -c 'import jax, flax, numpy, sys; print(f"Python {sys.version.split()[0]}, jax {jax.__version__}, flax {flax.__version__}, numpy {numpy.__version__}")')" >&2
 }

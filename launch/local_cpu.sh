@@ -7,7 +7,7 @@
 #
 # Example:
 #   launch/local_cpu.sh -n 2 -m 4 -- python -m linalign.distributed fit \
-#       --source_store=zb.npy --target_store=za.npy --out_dir=runs/fit --mesh=data=-1
+#       --source=zb.npy --target=za.npy --out_dir=runs/fit --mesh=data=-1
 #
 # Each process gets LINALIGN_COORDINATOR=127.0.0.1:<free port>, LINALIGN_NUM_PROCESSES,
 # LINALIGN_PROCESS_ID, JAX_PLATFORMS=cpu and XLA_FLAGS=--xla_force_host_platform_device_count=M.

@@ -10,7 +10,7 @@
 # Multi-node GPU job: the same linalign command in every task, joined through JAX's own SLURM
 # detector (coordinator = first node of the step, port derived from the job id).
 #
-#   sbatch launch/slurm_gpu.sh fit --source_store=/shared/zb.npy --target_store=/shared/za.npy \
+#   sbatch launch/slurm_gpu.sh fit --source=/shared/zb.npy --target=/shared/za.npy \
 #       --out_dir=/shared/runs/fit --checkpoint_every=200 --batch_size=4096 --mesh=data=-1
 #
 # One process per GPU (default, the #SBATCH lines above): every task sees all GPUs of its node

@@ -6,7 +6,7 @@
 #
 #   TPU_NAME=my-v5e-256 ZONE=us-west4-a launch/tpu_pod.sh setup
 #   TPU_NAME=my-v5e-256 ZONE=us-west4-a launch/tpu_pod.sh run fit \
-#       --source_store=/data/zb.npy --target_store=/data/za.npy --out_dir=/data/runs/fit \
+#       --source=/data/zb.npy --target=/data/za.npy --out_dir=/data/runs/fit \
 #       --checkpoint_dir=gs://my-bucket/linalign/fit1 --checkpoint_every=200 --batch_size=8192
 #
 # Optional: PROJECT (gcloud project), REMOTE_DIR (default linalign, under each worker's home).

@@ -1,71 +1,82 @@
-"""Fits an affine map between two models' embeddings of the same texts.
+r"""Fits an affine map between two models' embeddings of the same texts.
 
-  python -m linalign.fit --source=STORE_OR_NPY --target=STORE_OR_NPY --out_dir=DIR \
+  linalign fit --source=STORE_OR_NPY --target=STORE_OR_NPY --out_dir=DIR \
       [--lam=auto | --lam=1e-4 | --lam=rel:1e-3 | --lam=gcv | --lam=cv:10] \
       [--lam_grid=1e-3,1e-2,1e-1] [--folds=5] [--val_fraction=0.1] [--dtype=float64] \
       [--scale=std] [--mesh=data=8]
 
-Writes DIR/map.safetensors (``linalign.AffineMap.load`` reads it), DIR/report.json,
-DIR/report.md and, when a lambda was searched, DIR/lambda.png. The pipeline is the one every
-fit uses (``linalign.align.fitting.fit_stream``): sources, per-fold accumulation, the lambda
-policy, a float64 solve, the map file. ``python -m linalign.distributed fit`` is the
-multi-process driver over the same pieces.
-
-As a package attribute, ``linalign.fit(z_b, z_a, lam="auto")`` is the Python fitting function;
-this module stays callable the same way if it is imported (see the end of the file).
+Writes DIR/map.safetensors (linalign.AffineMap.load reads it), DIR/report.json,
+DIR/report.md and, when a lambda was searched, DIR/lambda.png. The same program runs as
+`python -m linalign.fit`; `linalign distributed fit` is the multi-process driver.
 """
 
+# The pipeline is the one every fit uses (``linalign.align.fitting.fit_stream``): sources,
+# per-fold accumulation, the lambda policy, a float64 solve, the map file.
+#
+# As a package attribute, ``linalign.fit(z_b, z_a, lam="auto")`` is the Python fitting function;
+# this module stays callable the same way if it is imported (see the end of the file).
+
+import pathlib
 import sys
 import types
 
-from absl import app, flags, logging
+from absl import flags
 
-flags.DEFINE_string("source", None, "Source-model (Z_B) embeddings: store directory or .npy.")
-flags.DEFINE_string("target", None, "Target-model (Z_A) embeddings: store directory or .npy.")
-flags.DEFINE_string("out_dir", None, "Output directory (must be empty or absent unless --overwrite).")
-flags.DEFINE_string("lam", "auto", "Lambda spec: auto (k-fold CV), cv:K, gcv, rel:F (F x mean "
-                    "eigenvalue of C_bb) or an absolute number (on the scale of C_bb).")
-flags.DEFINE_list("lam_grid", None, "Candidate lambdas; default: 13 values, 1e-6..1e2 x C_bb's "
-                  "mean eigenvalue.")
-flags.DEFINE_integer("folds", 5, "Cross-validation folds accumulated in the streaming pass.")
-flags.DEFINE_float("val_fraction", 0.1, "Fraction of rows held out to score the map.")
-flags.DEFINE_integer("seed", 0, "Seed of the fold and held-out assignments.")
-flags.DEFINE_integer("batch_size", 8192, "Rows per accumulation step.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "Accumulation dtype (float64 runs "
-                  "on the host with numpy; the solve is always float64).")
-flags.DEFINE_enum("scale", "none", ["none", "std"], "Per-dimension source scaling before the "
-                  "fit (undone exactly in W and b).")
-flags.DEFINE_string("mesh", None, "Device mesh, e.g. 'data=8' or 'data=4,model=2'.")
-flags.DEFINE_enum("method", "cholesky", ["cholesky", "eigh"], "Solve method.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --out_dir.")
+
+def define_flags() -> None:
+    from linalign import flags as shared
+
+    shared.define_source_target()
+    shared.define_out_dir("Output directory (must be empty or absent unless --overwrite).")
+    shared.define_lam()
+    flags.DEFINE_list("lam_grid", None, "Candidate lambdas; default: 13 values, 1e-6..1e2 x C_bb's "
+                      "mean eigenvalue.")
+    flags.DEFINE_integer("folds", 5, "Cross-validation folds accumulated in the streaming pass.")
+    flags.DEFINE_float("val_fraction", 0.1, "Fraction of rows held out to score the map.")
+    flags.DEFINE_integer("seed", 0, "Seed of the fold and held-out assignments.")
+    shared.define_batch_size("fit")
+    shared.define_dtype(["float32", "float64"], "float32", "Accumulation dtype (float64 runs on "
+                        "the host with numpy; the solve is always float64).")
+    flags.DEFINE_enum("scale", "none", ["none", "std"], "Per-dimension source scaling before the "
+                      "fit (undone exactly in W and b).")
+    shared.define_mesh()
+    flags.DEFINE_enum("method", "cholesky", ["cholesky", "eigh"], "Solve method.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --out_dir.")
 
 
 def main(argv):
-    del argv
+    from absl import app
+
     from linalign.align import fitting
     from linalign.align.sources import open_embeddings
     from linalign.mesh import make_mesh
 
-    from linalign.align.lambdas import LambdaSpec
-
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     F = flags.FLAGS
-    for name in ("source", "target", "out_dir"):
-        if not getattr(F, name):
-            raise app.UsageError(f"--{name} is required")
-    try:
-        LambdaSpec.parse(F.lam)  # refuse a bad spec before reading any data
-    except ValueError as e:
-        raise app.UsageError(f"--lam: {e}") from None
+    out_dir = pathlib.Path(F.out_dir)
+    if not F.overwrite and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise app.UsageError(f"--out_dir={F.out_dir} exists and is not empty; pass --overwrite "
+                             "to replace it, or name a new directory")
+    mesh = make_mesh(F.mesh) if F.mesh else None  # a mesh that cannot be built fails first
     src, tgt = open_embeddings(F.source), open_embeddings(F.target)
     grid = None if F.lam_grid is None else [float(x) for x in F.lam_grid]
     result = fitting.fit_sources(
         src, tgt, lam=F.lam, lam_grid=grid, val_fraction=F.val_fraction, folds=F.folds,
-        seed=F.seed, batch_size=F.batch_size, mesh=make_mesh(F.mesh) if F.mesh else None,
+        seed=F.seed, batch_size=F.batch_size, mesh=mesh,
         method=F.method, dtype=F.dtype, scale=None if F.scale == "none" else F.scale)
     out = fitting.write_fit(result, F.out_dir, overwrite=F.overwrite)
-    logging.info("wrote %s", out)
+    if F.verbose:
+        print(fitting._markdown(result.report))
     print(result.map)
-    print(fitting._markdown(result.report))
+    print(f"wrote {out}/map.safetensors, report.md, report.json")
+
+
+def _program():
+    from linalign.cli import Program
+
+    return Program(__doc__, define_flags, main, required=("source", "target", "out_dir"),
+                   summary="an affine map between two models' embeddings")
 
 
 class _CallableModule(types.ModuleType):
@@ -79,5 +90,9 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
+PROGRAM = _program()
+
 if __name__ == "__main__":
-    app.run(main)
+    from linalign.cli import module_main
+
+    module_main("fit")

@@ -227,8 +227,11 @@ class StreamingFit:
         idx = np.arange(lo, hi)
         return z_b, z_a, idx, heldout_mask(idx, self.plan.heldout, self.plan.seed)
 
-    def run(self) -> tuple[list, Any]:
+    def run(self, progress: bool = False) -> tuple[list, Any]:
         """Feeds all steps (resuming from the latest complete checkpoint).
+
+        Args:
+          progress: show a tqdm bar of this process's rows (the CLI sets it on process 0).
 
         Returns:
           (fold statistics [k] HostStats, held-out HostStats), merged over all processes and
@@ -239,6 +242,12 @@ class StreamingFit:
         acc, acc_val = self._new_accumulators(self.next_row(step))
         total = p.num_steps()
         t0, last_log, rows = time.time(), time.time(), 0
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.hi - self.lo, initial=self.next_row(step) - self.lo,
+                       unit="rows", desc="accumulating", mininterval=2.0)
         while step < total:
             lo = self.next_row(step)
             hi = min(self.hi, lo + p.batch_size)
@@ -249,6 +258,8 @@ class StreamingFit:
                     sel = np.flatnonzero(is_val)
                     acc_val.add(z_b[sel], z_a[sel])
                 rows += hi - lo
+                if bar is not None:
+                    bar.update(hi - lo)
             step += 1
             if self.batch_delay_s:
                 time.sleep(self.batch_delay_s)
@@ -263,6 +274,8 @@ class StreamingFit:
                 logging.info("step %d/%d: %d rows in %.1f s (%.0f rows/s on process %d)", step,
                              total, rows, time.time() - t0, rows / max(time.time() - t0, 1e-9),
                              self.pid)
+        if bar is not None:
+            bar.close()
         return self._gather(base), self._gather([val])[0]
 
     def _gather(self, hosts: list) -> list:

@@ -1,11 +1,16 @@
 """The provider's linear classification head: multinomial logistic regression on embeddings.
 
 The paper's target model A carries a linear head f_A(z) = z V + c with K classes, trained on
-A's pooled embeddings of labelled data. ``fit_head`` trains it with optax (full-batch Adam on
-the mean cross-entropy plus an L2 penalty on V), with early stopping on a stratified
-validation split. Features are standardised during training for conditioning, and the
+A's pooled embeddings of labelled data. ``fit_head`` trains it with scikit-learn's
+``LogisticRegression`` (lbfgs, multinomial cross-entropy plus an L2 penalty on V, solved to
+convergence). Features are standardised during training for conditioning, and the
 standardisation is folded back into (V, c) afterwards, so the returned head is an exact
 affine function of the raw embedding: that is what HELIX evaluates under encryption.
+
+scikit-learn replaced an optax loop (full-batch Adam with early stopping on a 10% split):
+on the demo's BBC titles (699 train / 300 test) it was 3x faster (0.29 s vs 0.89 s for
+MiniLM, 1.19 s vs 2.98 s for SmolLM2 on 2 CPU cores) at the same accuracy (0.870 vs 0.850,
+0.713 vs 0.727), with one optimum instead of a stopping step.
 """
 
 from __future__ import annotations
@@ -110,44 +115,21 @@ def encode_labels(labels: Sequence, label_names: Optional[Sequence[str]] = None)
     return y, label_names
 
 
-def _stratified_split(y_n: np.ndarray, fraction: float, seed: int):
-    rng = np.random.default_rng(seed)
-    val = []
-    for k in np.unique(y_n):
-        idx = np.flatnonzero(y_n == k)
-        rng.shuffle(idx)
-        n_val = int(round(fraction * len(idx)))
-        # Keep at least one training row per class so no class vanishes from training.
-        n_val = min(n_val, len(idx) - 1)
-        val.extend(idx[:n_val].tolist())
-    val = np.array(sorted(val), dtype=np.int64)
-    train = np.setdiff1d(np.arange(len(y_n)), val)
-    return train, val
-
-
 def fit_head(x_nd, labels: Sequence, label_names: Optional[Sequence[str]] = None, *,
-             weight_decay: float = 1e-3, learning_rate: float = 0.05, max_steps: int = 2000,
-             val_fraction: float = 0.1, patience: int = 100, eval_every: int = 10,
-             seed: int = 0) -> LinearHead:
-    """Trains a multinomial logistic-regression head with optax.
+             weight_decay: float = 1e-3, max_iter: int = 2000, tol: float = 1e-6) -> LinearHead:
+    """Trains a multinomial logistic-regression head with scikit-learn (lbfgs).
 
     Loss: mean softmax cross-entropy + (weight_decay / 2) * ||V_std||_F^2 on standardised
-    features (the bias is not penalised), optimised full-batch with Adam. Every
-    ``eval_every`` steps the validation loss (cross-entropy only) is checked; training stops
-    after ``patience`` steps without improvement and the best parameters are kept. With
-    ``val_fraction=0`` it runs ``max_steps`` steps.
+    features (the bias is not penalised): scikit-learn's objective with C = 1 / (n *
+    weight_decay). Classes of ``label_names`` absent from the training rows get a zero weight
+    column and a bias far below the others, so they are never predicted.
 
     Args:
       x_nd: [n, hidden] training embeddings.
       labels: [n] class labels (strings or ints); missing labels are refused.
       label_names: optional fixed class order.
-      weight_decay: L2 strength on the (standardised) weights.
-      learning_rate: Adam step size.
-      max_steps: step limit.
-      val_fraction: stratified fraction held out for early stopping.
-      patience: steps without validation improvement before stopping.
-      eval_every: validation interval in steps.
-      seed: split and initialisation seed.
+      weight_decay: L2 strength on the (standardised) weights, per training row.
+      max_iter, tol: lbfgs iteration limit and tolerance.
 
     Returns:
       LinearHead on the raw embedding space.
@@ -155,9 +137,10 @@ def fit_head(x_nd, labels: Sequence, label_names: Optional[Sequence[str]] = None
     Raises:
       ValueError for one class only, missing labels, NaN rows, mismatched lengths.
     """
-    import jax
-    import jax.numpy as jnp
-    import optax
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
 
     x_nd = check_features(x_nd, "training embeddings")
     y_n, label_names = encode_labels(labels, label_names)
@@ -167,73 +150,35 @@ def fit_head(x_nd, labels: Sequence, label_names: Optional[Sequence[str]] = None
     if len(present) < 2:
         raise ValueError(f"training data has a single class ({label_names[present[0]]!r}); "
                          "a classifier needs at least two classes")
+    if not weight_decay > 0:
+        raise ValueError(f"weight_decay must be > 0, got {weight_decay}")
     num_classes = len(label_names)
 
-    mu_d = x_nd.mean(0).astype(np.float64)
-    sd_d = x_nd.std(0).astype(np.float64)
+    x64 = x_nd.astype(np.float64)
+    mu_d = x64.mean(0)
+    sd_d = x64.std(0)
     # Constant features get unit scale so they contribute nothing rather than dividing by 0.
     sd_d = np.where(sd_d > 1e-8, sd_d, 1.0)
-    xs_nd = ((x_nd - mu_d) / sd_d).astype(np.float32)
+    xs_nd = (x64 - mu_d) / sd_d
 
-    if val_fraction > 0:
-        tr, va = _stratified_split(y_n, val_fraction, seed)
-    else:
-        tr, va = np.arange(len(y_n)), np.array([], dtype=np.int64)
-    if len(va) == 0:
-        va = None
-
-    x_tr, y_tr = jnp.asarray(xs_nd[tr]), jnp.asarray(y_n[tr])
-    params = {"v": jnp.zeros((x_nd.shape[1], num_classes), jnp.float32),
-              "c": jnp.zeros((num_classes,), jnp.float32)}
-    opt = optax.adam(learning_rate)
-    opt_state = opt.init(params)
-
-    def ce(p, x, y):
-        logits = x @ p["v"] + p["c"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def loss(p):
-        return ce(p, x_tr, y_tr) + 0.5 * weight_decay * jnp.sum(p["v"] ** 2)
-
-    @jax.jit
-    def steps(p, s):
-        # eval_every optimiser steps fused into one call to keep Python overhead small.
-        def body(carry, _):
-            p, s = carry
-            g = jax.grad(loss)(p)
-            upd, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, upd), s), None
-        (p, s), _ = jax.lax.scan(body, (p, s), None, length=eval_every)
-        return p, s
-
-    val_loss = None
-    if va is not None:
-        x_va, y_va = jnp.asarray(xs_nd[va]), jnp.asarray(y_n[va])
-        val_loss = jax.jit(lambda p: ce(p, x_va, y_va))
-
-    best = (np.inf, params, 0)
-    step = 0
-    while step < max_steps:
-        params, opt_state = steps(params, opt_state)
-        step += eval_every
-        if val_loss is None:
-            best = (np.nan, params, step)
-            continue
-        vl = float(val_loss(params))
-        if vl < best[0] - 1e-6:
-            best = (vl, params, step)
-        elif step - best[2] >= patience:
-            break
-    best_loss, params, best_step = best
-
-    v_std = np.asarray(params["v"], np.float64)
-    c_std = np.asarray(params["c"], np.float64)
+    clf = LogisticRegression(C=1.0 / (len(y_n) * weight_decay), max_iter=max_iter, tol=tol)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(xs_nd, y_n)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    coef, icpt = clf.coef_, clf.intercept_
+    if len(present) == 2:  # binary: one score s; two columns -s/2, +s/2 give the same softmax
+        coef = np.concatenate([-coef / 2, coef / 2])
+        icpt = np.concatenate([-icpt / 2, icpt / 2])
+    v_std = np.zeros((x_nd.shape[1], num_classes))
+    c_std = np.full(num_classes, float(np.min(icpt)) - 1e3)
+    v_std[:, clf.classes_] = coef.T
+    c_std[clf.classes_] = icpt
     # z_std = (z - mu) / sd  =>  z_std V + c = z (V / sd) + (c - (mu / sd) V).
     v_dk = v_std / sd_d[:, None]
     c_k = c_std - (mu_d / sd_d) @ v_std
     return LinearHead(v_dk=v_dk.astype(np.float32), c_k=c_k.astype(np.float32),
                       label_names=list(label_names),
-                      history={"steps": step, "best_step": best_step,
-                               "best_val_loss": None if np.isnan(best_loss) else float(best_loss),
-                               "n_train": int(len(tr)), "n_val": 0 if va is None else int(len(va)),
+                      history={"solver": "lbfgs", "iterations": int(np.max(clf.n_iter_)),
+                               "converged": converged, "n_train": int(len(y_n)),
                                "weight_decay": weight_decay})

@@ -110,30 +110,57 @@ class Report:
         return fname
 
     def heatmap(self, name: str, matrix, row_labels, col_labels, title: str = "",
-                vmin=None, vmax=None, fmt_digits: int = 2, cmap: str = "viridis") -> str:
+                vmin=None, vmax=None, fmt_digits: int = 2, cmap: str = "viridis",
+                xlabel: str = "", ylabel: str = "", cbar_label: str = "") -> str:
         """Saves an annotated heatmap PNG and links it in the report.
+
+        The colour scale spans the data's own range unless vmin/vmax are given, so nearby
+        values (0.67 vs 0.89) get clearly different colours; every cell also prints its value.
 
         Args:
           name: file stem.
           matrix: [rows, cols] values (NaN cells are left blank).
+          title: the plot's title (wrapped to the figure width).
+          vmin, vmax: fixed colour-scale ends (default: the finite data's min and max).
+          xlabel, ylabel, cbar_label: axis and colour-bar labels.
         """
+        import textwrap
+
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         m = np.asarray(matrix, np.float64)
-        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * m.shape[1], 1.0 + 0.8 * m.shape[0]))
-        im = ax.imshow(np.ma.masked_invalid(m), vmin=vmin, vmax=vmax, cmap=cmap)
-        ax.set_xticks(range(m.shape[1]), col_labels, rotation=30, ha="right")
-        ax.set_yticks(range(m.shape[0]), row_labels)
+        finite = m[np.isfinite(m)]
+        lo = float(vmin) if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+        hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+        if not hi > lo:  # one distinct value: centre it on a unit-wide scale
+            lo, hi = lo - 0.5, hi + 0.5
+        width = 2.6 + 1.25 * m.shape[1]
+        fig, ax = plt.subplots(figsize=(width, 1.9 + 0.95 * m.shape[0]))
+        im = ax.imshow(np.ma.masked_invalid(m), vmin=lo, vmax=hi, cmap=cmap)
+        ax.set_xticks(range(m.shape[1]), col_labels, rotation=30, ha="right", fontsize=10)
+        ax.set_yticks(range(m.shape[0]), row_labels, fontsize=10)
+        colours = plt.get_cmap(cmap)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if np.isfinite(m[i, j]):
+                    # Dark text on light cells and light text on dark ones (by the cell's luminance).
+                    r, g, b, _ = colours((m[i, j] - lo) / (hi - lo))
+                    dark = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
                     ax.text(j, i, f"{m[i, j]:.{fmt_digits}f}", ha="center", va="center",
-                            color="w" if (vmax is None or m[i, j] < 0.6 * vmax) else "k", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        ax.set_title(title)
+                            color="black" if dark else "white", fontsize=10)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        bar.ax.tick_params(labelsize=9)
+        if cbar_label:
+            bar.set_label(cbar_label, fontsize=10)
+        if xlabel:
+            ax.set_xlabel(xlabel, fontsize=10)
+        if ylabel:
+            ax.set_ylabel(ylabel, fontsize=10)
+        if title:
+            ax.set_title("\n".join(textwrap.wrap(title, width=max(30, int(width * 9)))), fontsize=11)
         return self._save_fig(fig, name)
 
     def curves(self, name: str, x, ys: dict, xlabel: str, ylabel: str, title: str = "",
@@ -153,11 +180,11 @@ class Report:
                     color=colours[k % len(colours)], label=label)
         if logx:
             ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_xlabel(xlabel, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=10)
+        ax.set_title(title, fontsize=11)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
         return self._save_fig(fig, name)
 
     def bars(self, name: str, groups: Sequence[str], series: dict, ylabel: str, title: str = "") -> str:
@@ -171,10 +198,11 @@ class Report:
         w = 0.8 / max(1, len(series))
         for s, (label, vals) in enumerate(series.items()):
             ax.bar(np.arange(len(groups)) + s * w - 0.4 + w / 2, vals, w, label=label)
-        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=10)
+        ax.set_title(title, fontsize=11)
+        # Outside the axes: a legend inside would cover the tallest bars.
+        ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
         ax.grid(axis="y", alpha=0.3)
         return self._save_fig(fig, name)
 

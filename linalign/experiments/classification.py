@@ -104,8 +104,7 @@ def run_classification(cfg: C.StudyConfig, name: str = "classification", data: T
     heads, native = {}, {}
     classes = list(range(len(d.label_names)))
     for a in cfg.models:
-        heads[a] = runner.model(a, "native head", lambda a=a: fit_head(d.z[a][d.tr], d.y[d.tr], classes,
-                                                                       seed=cfg.seed))
+        heads[a] = runner.model(a, "native head", lambda a=a: fit_head(d.z[a][d.tr], d.y[d.tr], classes))
         if heads[a] is not None:
             native[a] = heads[a].accuracy(d.z[a][d.te], d.y[d.te])
             logging.info("native %s: %.4f", C.short(a), native[a])
@@ -176,8 +175,9 @@ def _render_classification(rep, cfg, d, res, rows, mats, regimes) -> None:
     labels = [C.short(m) for m in cfg.models]
     for r in regimes:
         rep.heatmap(f"accuracy_{r.replace('+', '_plus_')}", mats[r], labels, labels,
-                    title=f"accuracy ({r}); row = target head, col = source; diag = native",
-                    vmin=0, vmax=1)
+                    title=f"Accuracy of the target's head, {r} map (diagonal: native)",
+                    xlabel="source model (embeddings mapped)", ylabel="target model (head)",
+                    cbar_label="accuracy")
     res["setup"] = {"corpus": d.corpus_name, "n_train": len(d.tr), "n_test": len(d.te),
                     "classes": d.label_names, "public": d.public_name, "n_public": len(d.public),
                     "n_in_dist": len(d.in_dist), "max_length": cfg.max_length, "seed": cfg.seed}
@@ -236,7 +236,7 @@ def run_ood(cfg: C.StudyConfig, name: str = "ood") -> Report:
             auroc_mat[key] = auroc
 
     def native_step(a):
-        head = fit_head(d.z[a][tr], y_tr, list(range(len(keep_names))), seed=cfg.seed)
+        head = fit_head(d.z[a][tr], y_tr, list(range(len(keep_names))))
         maha = Mahalanobis.fit(d.z[a][tr], y_tr)
         return head, maha, scores(a, head, maha, "native", a, lambda z: z)
 
@@ -289,7 +289,8 @@ def _render_ood(rep, cfg, ood_sets, rows, auroc_mat) -> None:
                     if a != b:
                         mat[i, j] = auroc_mat.get((a, b, r, oname), np.nan)
             rep.heatmap(f"energy_auroc_{oname}_{r.split()[0]}".replace("/", "_"), mat, labels, labels,
-                        title=f"energy AUROC vs {oname} ({r}); diag = native", vmin=0.5, vmax=1)
+                        title=f"Energy AUROC vs {oname} ({r}; diagonal: native)",
+                        xlabel="source model", ylabel="target model (head)", cbar_label="AUROC")
 
 
 def run_scaling(cfg: C.StudyConfig, name: str = "scaling") -> Report:
@@ -307,8 +308,7 @@ def run_scaling(cfg: C.StudyConfig, name: str = "scaling") -> Report:
     rng = np.random.default_rng(cfg.seed + 5)
     order = rng.permutation(d.tr)
     classes = list(range(len(d.label_names)))
-    heads = {a: runner.model(a, "native head", lambda a=a: fit_head(d.z[a][d.tr], d.y[d.tr], classes,
-                                                                    seed=cfg.seed))
+    heads = {a: runner.model(a, "native head", lambda a=a: fit_head(d.z[a][d.tr], d.y[d.tr], classes))
              for a in cfg.models}
     r2s, accs, out = {}, {}, []
     rep.text(f"Map fit on the first n of a fixed random order of the {len(d.tr)} training texts "

@@ -10,6 +10,7 @@ from linalign.experiments import common as C
 from linalign.experiments.pairs import PairRunner
 
 MEASURES = ("linear_cka", "debiased_cka", "mutual_knn")
+TITLES = {"linear_cka": "Linear CKA", "debiased_cka": "Debiased CKA", "mutual_knn": "Mutual k-NN overlap"}
 
 
 def _measures(x_nd, y_nd, k):
@@ -109,9 +110,11 @@ def run_similarity(cfg: C.StudyConfig, name: str = "similarity", report: Report 
                  "are two sentence encoders and two small causal LMs (mean-pooled), which the paper did "
                  "not compare directly.\n")
         for m in MEASURES:
-            rep.heatmap(f"{m}", mats[m], labels, labels, title=m.replace("_", " "), vmin=0, vmax=1)
+            rep.heatmap(f"{m}", mats[m], labels, labels, cbar_label=TITLES[m],
+                        title=f"{TITLES[m]} between models, {len(texts)} texts")
         rep.heatmap("linear_cka_shuffled", shuf["linear_cka"], labels, labels,
-                    title="linear CKA, shuffled pairing", vmin=0, vmax=1)
+                    cbar_label="linear CKA", title=f"Linear CKA with shuffled pairing (baseline), "
+                    f"{len(texts)} texts")
         rep.results[name] = {"models": labels, "n_texts": len(texts), "corpus": corpus_name,
                              "k": cfg.knn_k, **{m: mats[m] for m in MEASURES},
                              **{f"{m}_shuffled": shuf[m] for m in MEASURES}}

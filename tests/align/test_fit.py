@@ -144,6 +144,7 @@ def test_gcv_without_holdout_and_gcv_refused_when_rows_do_not_exceed_width(tmp_p
 def test_cli_bad_lambda_spec_is_refused_before_reading(tmp_path):
     r = _run_cli(f"--source={tmp_path / 'missing.npy'}", f"--target={tmp_path / 'missing.npy'}",
                  f"--out_dir={tmp_path / 'out'}", "--lam=ridge")
-    assert r.returncode != 0
-    assert "--lam: lam must be a number, 'gcv', 'cv' or 'auto'; got 'ridge'" in r.stderr
+    assert r.returncode == 2
+    assert "--lam=ridge: lam must be a number, 'gcv', 'cv' or 'auto'; got 'ridge'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert list(tmp_path.iterdir()) == []

@@ -251,10 +251,8 @@ def test_cli_list_and_fetch(toy):
     env = {"LINALIGN_CACHE": str(toy["cache"]), "LINALIGN_WHEELHOUSE": str(toy["house"])}
     proc = _run_py("""
         import sys
-        from linalign.assets.__main__ import main
-        from absl import app
-        sys.argv = ["linalign.assets", "--list"]
-        app.run(main)
+        from linalign.cli import main
+        sys.exit(main(["assets", "--list"]))
         """, env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -267,7 +265,8 @@ def test_cli_list_and_fetch(toy):
 
     bad = subprocess.run([sys.executable, "-m", "linalign.assets", "--fetch=nope"], cwd=REPO,
                          env=dict(os.environ, **env), capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "unknown asset 'nope'" in bad.stderr
+    assert bad.returncode == 2 and "unknown asset 'nope'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
 def test_payload_deleted_by_hand_is_fetched_again(toy):
@@ -306,12 +305,10 @@ def test_cli_fetch_prints_paths_and_progress(toy):
     env = {"LINALIGN_CACHE": str(toy["cache"]), "LINALIGN_WHEELHOUSE": str(toy["house"])}
     proc = _run_py(f"""
         import pathlib, sys
-        from absl import app
         import assets_toywheel
-        from linalign.assets.__main__ import main
+        from linalign.cli import main
         assets_toywheel.register(pathlib.Path({str(toy['tmp'] / 'h')!r}))
-        sys.argv = ["linalign.assets", "--fetch=toy-dir,toy-concat", "--list"]
-        app.run(main)
+        sys.exit(main(["assets", "--fetch=toy-dir,toy-concat", "--list"]))
         """, env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.splitlines()

@@ -49,8 +49,9 @@ def cli_env(devices: int = 8) -> dict:
 
 
 def fit_cmd(src: str, tgt: str, out_dir, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "linalign.distributed", "fit", f"--source_store={src}",
-            f"--target_store={tgt}", f"--out_dir={out_dir}", *extra]
+    # --verbose: the tests read the runtime's and the resume's log lines (quiet by default).
+    return [sys.executable, "-m", "linalign.distributed", "fit", f"--source={src}",
+            f"--target={tgt}", f"--out_dir={out_dir}", "--verbose", *extra]
 
 
 def run_cli(cmd, devices: int = 8, timeout: float = 300) -> subprocess.CompletedProcess:

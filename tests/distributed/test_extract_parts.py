@@ -92,7 +92,7 @@ def test_two_process_extraction_is_read_by_linalign_fit(tiny, tmp_path):
     for name, d in (("zb", bert_dir), ("za", mpnet_dir)):
         _launch(tmp_path, sys.executable, "-m", "linalign.distributed", "extract", f"--model={d}",
                 f"--corpus={corpus}", f"--out_dir={tmp_path / name}", "--pooling=mean",
-                "--max_length=40", "--forward_batch=4", "--truncation=silent")
+                "--max_length=40", "--batch_size=4", "--truncation=silent")
     m = json.loads((tmp_path / "zb" / "manifest.json").read_text())
     assert [p["name"] for p in m["parts"]] == [part_name(0, 2), part_name(1, 2)]
     np.testing.assert_allclose(open_store(tmp_path / "zb").read_all(),
@@ -145,7 +145,7 @@ def test_two_process_per_token_extraction_keeps_offsets(tiny, tmp_path):
     corpus.write_text("\n".join(TEXTS) + "\n")
     _launch(tmp_path, sys.executable, "-m", "linalign.distributed", "extract",
             f"--model={bert_dir}", f"--corpus={corpus}", f"--out_dir={tmp_path / 'tok'}",
-            "--per_token", "--max_length=40", "--forward_batch=4", "--truncation=silent",
+            "--per_token", "--max_length=40", "--batch_size=4", "--truncation=silent",
             "--shard_rows=8")
     st = open_store(tmp_path / "tok", verify=True)
     assert st.per_token and len(st.parts) == 2 and st.num_rows == len(TEXTS)

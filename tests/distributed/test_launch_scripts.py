@@ -53,9 +53,9 @@ def test_slurm_script_joins_tasks_through_jax_slurm_detector(tmp_path):
                LINALIGN_VENV=str(tmp_path / "venv"), SLURM_SUBMIT_DIR=str(REPO))
     out = tmp_path / "out"
     proc = subprocess.run(
-        ["bash", str(REPO / "launch" / "slurm_gpu.sh"), "fit", f"--source_store={tmp_path / 'zb.npy'}",
-         f"--target_store={tmp_path / 'za.npy'}", f"--out_dir={out}", "--batch_size=32",
-         "--mesh=data=2,model=2", "--lam=1e-1", "--val_fraction=0"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        ["bash", str(REPO / "launch" / "slurm_gpu.sh"), "fit", f"--source={tmp_path / 'zb.npy'}",
+         f"--target={tmp_path / 'za.npy'}", f"--out_dir={out}", "--batch_size=32",
+         "--mesh=data=2,model=2", "--lam=1e-1", "--val_fraction=0", "--verbose"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     logs = "".join((tmp_path / "logs" / f"task_{i}.log").read_text() for i in range(2))
     assert proc.returncode == 0, proc.stderr + logs[-3000:]
     assert "runtime slurm: process 0 of 2, 4 local / 8 global devices" in logs
@@ -76,14 +76,14 @@ def test_tpu_pod_script_runs_the_same_command_on_every_worker(tmp_path):
     env = dict(os.environ, PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
                GCLOUD_LOG=str(log), TPU_NAME="pod-1", ZONE="zone-a")
     proc = subprocess.run(["bash", str(REPO / "launch" / "tpu_pod.sh"), "run", "fit",
-                           "--source_store=/data/my file.npy", "--lam=1e-2"],
+                           "--source=/data/my file.npy", "--lam=1e-2"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     args = log.read_text().split("\n----\n")[0].split("\n")
     assert args[:6] == ["compute", "tpus", "tpu-vm", "ssh", "pod-1", "--worker=all"]
     command = next(a for a in args if a.startswith("--command="))
     assert "LINALIGN_CLUSTER=tpu .venv/bin/python -m linalign.distributed fit" in command
-    assert r"--source_store=/data/my\ file.npy" in command  # quoted for the remote shell
+    assert r"--source=/data/my\ file.npy" in command  # quoted for the remote shell
     missing = subprocess.run(["bash", str(REPO / "launch" / "tpu_pod.sh"), "run", "fit"],
                              env={**env, "TPU_NAME": ""}, capture_output=True, text=True)
     assert missing.returncode != 0 and "TPU_NAME" in missing.stderr

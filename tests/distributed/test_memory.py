@@ -77,7 +77,7 @@ def test_plan_cli_writes_json_markdown_and_png(tmp_path):
     out = tmp_path / "plan"
     proc = run_cli([sys.executable, "-m", "linalign.distributed", "plan", "--model_config=",
                     "--d_b=512", "--d_a=256", "--mesh=data=2,model=4", "--cpu_devices=8",
-                    f"--report_dir={out}"], devices=1)
+                    f"--out_dir={out}"], devices=1)
     assert "mesh {'data': 2, 'model': 4} on 8 cpu devices" in proc.stdout
     plan = json.loads((out / "plan.json").read_text())
     assert [r["name"] for r in plan["reports"]] == ["update (per step)", "fold statistics (x5)",

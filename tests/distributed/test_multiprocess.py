@@ -45,7 +45,7 @@ def test_two_processes_match_single_process_and_brute_force_cv(tmp_path):
     """Float64 per-fold statistics streamed by two processes give the k-fold CV curve of
     refitting on the raw rows of each fold (rtol 1e-6), and the same map as one process."""
     src, tgt, z_b, z_a = _write_pair(tmp_path)
-    common = ["--fit_dtype=float64", "--val_fraction=0", "--lam=auto", "--checkpoint_every=3"]
+    common = ["--dtype=float64", "--val_fraction=0", "--lam=auto", "--checkpoint_every=3"]
     single = tmp_path / "single"
     run_cli(fit_cmd(src, tgt, single, "--batch_size=64", *common), devices=1)
     multi = tmp_path / "multi"
