@@ -298,6 +298,38 @@ def _update(stats: SufficientStats, z_b, z_a, mask=None) -> SufficientStats:
 
 # The accumulator buffers are donated so the update reuses them in place.
 update = jax.jit(_update, donate_argnums=0)
+_merge_host_parts = jax.jit(_merge_parts, donate_argnums=0)
+
+
+def _host_parts(z_b: np.ndarray, z_a: np.ndarray, mask: Optional[np.ndarray], shift_b, shift_a):
+    """``_batch_parts`` computed with numpy's BLAS (float32), for the CPU backend.
+
+    Same centring (about the running mean), same outputs. numpy hands ``x.T @ x`` to BLAS's
+    symmetric rank-k update (syrk), which computes one triangle of the Gram matrix: half the
+    flops of the X^T X product that XLA's CPU dot computes in full. Measured in
+    ``experiments/bench_fit.py`` (BUILD_NOTES.md).
+    """
+    x_b = np.subtract(z_b, shift_b, dtype=np.float32)
+    x_a = np.subtract(z_a, shift_a, dtype=np.float32)
+    if mask is None:
+        n = x_b.shape[0]
+        s_b, s_a = x_b.sum(0), x_a.sum(0)
+        sq_a = np.einsum("mj,mj->j", x_a, x_a)
+    else:
+        w = np.asarray(mask, np.float32)
+        n = int(np.count_nonzero(w))
+        x_b *= w[:, None]  # zeroing masked rows on the source side is enough for the products
+        s_b, s_a = x_b.sum(0), w @ x_a
+        sq_a = w @ (x_a * x_a)
+    g_bb = x_b.T @ x_b
+    g_ba = x_b.T @ x_a
+    inv = np.float32(1.0 / max(n, 1))
+    r_b, r_a = s_b * inv, s_a * inv
+    nf = np.float32(n)
+    c_bb = g_bb - nf * np.outer(r_b, r_b)
+    c_ba = g_ba - nf * np.outer(r_b, r_a)
+    ss_a = sq_a - nf * r_a * r_a
+    return np.int32(n), shift_b, r_b, shift_a, r_a, c_bb, c_ba, ss_a
 update.__doc__ = """Adds a batch to the statistics (jitted; ``stats`` is donated, do not reuse it).
 
 Args:
@@ -457,6 +489,7 @@ def from_arrays(z_b, z_a, mask=None, dtype=jnp.float32, batch_size: Optional[int
 
 CPU_CHUNK_ROWS = 2048
 ACCEL_CHUNK_ROWS = 65536
+HOST_BLAS_CHUNK_ROWS = 8192
 
 
 class Accumulator:
@@ -476,6 +509,10 @@ class Accumulator:
         batch) below glibc's 32 MB mmap threshold, so the allocator reuses them instead of
         page-faulting fresh memory every step; on CPU that was ~20-30% of a step at
         8192 x (768 + 1024) float32 rows (see docs/notes/align.md).
+      host_blas: compute each batch's products with numpy's BLAS (``_host_parts``) and merge
+        them in JAX. Default: on for one CPU device with float32 statistics (BLAS's syrk
+        computes one triangle of Z_B^T Z_B), off otherwise; chunks are then at least 8192
+        rows.
 
     Example:
       acc = Accumulator(768, 1024)
@@ -485,7 +522,8 @@ class Accumulator:
 
     def __init__(self, d_b: int, d_a: int, mesh: Optional[Mesh] = None,
                  rules: Optional[shd.ShardingRules] = None, dtype=jnp.float32,
-                 check_finite: bool = True, chunk_rows: Optional[int] = None):
+                 check_finite: bool = True, chunk_rows: Optional[int] = None,
+                 host_blas: Optional[bool] = None):
         self.d_b, self.d_a = d_b, d_a
         self.mesh = mesh
         self.rules = rules or shd.ShardingRules()
@@ -497,6 +535,13 @@ class Accumulator:
         if chunk_rows <= 0:
             raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
         self.chunk_rows = int(chunk_rows)
+        # One CPU device, float32: the batch products run in numpy's BLAS (``_host_parts``),
+        # the merge stays in JAX. A mesh, an accelerator or another dtype uses the jitted step.
+        eligible = (mesh is None and self.dtype == jnp.float32
+                    and jax.devices()[0].platform == "cpu")
+        if host_blas and not eligible:
+            raise ValueError("host_blas needs one CPU device (no mesh) and float32 statistics")
+        self.host_blas = eligible if host_blas is None else bool(host_blas)
         self.rows_seen = 0
         self._stats = None
         self._build()
@@ -543,10 +588,27 @@ class Accumulator:
     @property
     def _step_rows(self) -> int:
         """Rows per compiled step: chunk_rows rounded up to a multiple of the data axis."""
+        if self.host_blas:
+            return max(self.chunk_rows, HOST_BLAS_CHUNK_ROWS)
         return -(-self.chunk_rows // self._row_multiple) * self._row_multiple
 
     def _add_chunk(self, z_b, z_a, mask) -> None:
         m = int(z_b.shape[0])
+        if self.host_blas:
+            if mask is not None and not np.any(mask):
+                return
+            s = self._stats
+            if int(s.n) > 0:
+                shift_b, shift_a = np.asarray(s.mean_b), np.asarray(s.mean_a)
+            else:  # the first batch is centred on its own mean
+                w = None if mask is None else np.asarray(mask, bool)
+                zb = np.asarray(z_b) if w is None else np.asarray(z_b)[w]
+                za = np.asarray(z_a) if w is None else np.asarray(z_a)[w]
+                shift_b = zb.mean(0, dtype=np.float32)
+                shift_a = za.mean(0, dtype=np.float32)
+            parts = _host_parts(np.asarray(z_b), np.asarray(z_a), mask, shift_b, shift_a)
+            self._stats = _merge_host_parts(s, *parts)
+            return
         # Every step has the same shape (short chunks are padded with masked rows), so one
         # compiled update serves a whole stream, whatever its batch sizes.
         pad = self._step_rows - m
