@@ -108,12 +108,20 @@ class Direction:
                     for lb, t in self.targets.items()}
         self.gram = {la: FoldedAccumulator(da, da, folds=1) for la in self.a_grid}
         self.rows = 0
+        self._merged: dict = {}
+
+    def merged(self, lb: int):
+        """All rows' statistics of source layer lb (the exact merge of its folds), computed once."""
+        if lb not in self._merged:
+            self._merged[lb] = self.acc[lb].stats
+        return self._merged[lb]
 
     def add(self, hb_lnd: np.ndarray, ha_lnd: np.ndarray) -> None:
         """Adds paired rows: hb [L_b + 1, n, d_b] and ha [L_a + 1, n, d_a] (the same n tokens)."""
         n = hb_lnd.shape[1]
         if n == 0:
             return
+        self._merged.clear()
         idx = np.arange(self.rows, self.rows + n)
         for lb, t in self.targets.items():
             za = ha_lnd[t].transpose(1, 0, 2).reshape(n, -1)
@@ -164,12 +172,20 @@ def accumulate(models, lays, n_texts: int, batch_size: int, max_length: int, b_g
 
 
 def solve_pair(direction: Direction, lb: int, la: int, spec: str):
-    """(FitResult, CKA) of one layer pair from the accumulated statistics."""
+    """(FitResult, CKA) of one layer pair from the accumulated statistics.
+
+    The FitResult's report gets "cv_r2" (exact k-fold R^2 at the chosen lambda, as
+    ``solve_folds`` defines it) whatever the lambda spec.
+    """
     from linalign.align.fitting import solve_folds
+    from linalign.align.lambdas import kfold_sse
 
     folds = direction.pair_folds(lb, la)
     res = solve_folds(folds, spec)
-    merged = direction.acc[lb].stats
+    if "cv_r2" not in res.report:
+        sse = float(kfold_sse(folds, [res.report["lambda"]]).sum())
+        res.report["cv_r2"] = 1 - sse / sum(float(np.sum(np.asarray(f.ss_a, np.float64))) for f in folds)
+    merged = direction.merged(lb)
     k = direction.targets[lb].index(la)
     c_ba = np.asarray(merged.c_ba)[:, k * direction.da:(k + 1) * direction.da]
     if la in direction.gram:
