@@ -20,6 +20,7 @@ For each ordered pair of causal models (target A's LM head, source B's transform
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -211,7 +212,7 @@ def one_pair(cfg, rep, a, b, data, lays, rows, native, prompts, emb_native) -> d
              "exact_token_match_rate": TP.content_match_rate(rows[a], lays[a], rows[b], lays[b]),
              "exact_token_match_rate_reverse": TP.content_match_rate(rows[b], lays[b], rows[a], lays[a]),
              "jaccard_vocab": jaccard(ma, mb), "teacher_forced": tf, "generation": g,
-             "fit_seconds": t_fit, "generation_seconds": t_gen, "map_file": str(path.relative_to(rep.dir)),
+             "fit_seconds": t_fit, "generation_seconds": t_gen, "map_file": os.path.relpath(path, rep.dir),
              "samples": [{"prompt": p, "cross": c.text, "target_native": na.text, "source_native": nb.text}
                          for p, c, na, nb in list(zip(prompts, cross, native[a], native[b]))[:3]]}
     logging.info("generation %s <- %s: %s", C.short(a), C.short(b),

@@ -77,3 +77,22 @@ def test_grid_layers_and_cka_refusals():
     x = rng.normal(size=(50, 4))
     xc = x - x.mean(0)
     np.testing.assert_allclose(L.cka_from_stats(xc.T @ xc, xc.T @ xc, xc.T @ xc), 1.0, rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+def test_layer_study_runs(cfg):
+    import dataclasses
+    import json
+
+    from linalign.experiments import registry
+
+    cfg = dataclasses.replace(cfg, models=(cfg.models[1], cfg.models[2]), n_gen_fit=24, n_texts=12, max_length=256)
+    out = registry.run("layers", cfg)
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "complete" and res["failures"] == []
+    lay = res["layers"]
+    assert len(lay["to_final"]["S->G"]) == C.load_model(cfg.models[1]).config.num_layers + 1
+    grid = np.array(lay["grid"]["cka"], dtype=float)
+    assert grid.shape == (len(lay["s_grid"]), len(lay["g_grid"])) and np.all((grid > 0) & (grid <= 1 + 1e-9))
+    assert set(lay["teacher_forced"]) and all(0 <= v["top1_agreement"] <= 1 for v in lay["teacher_forced"].values())
+    assert (out / "grid_cka.png").exists() and (out / "grid_cv_r2.png").exists()
