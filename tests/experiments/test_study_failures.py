@@ -78,9 +78,9 @@ def test_generation_runs_both_directions_with_a_massive_activation_source(cfg, t
         assert (meta["source_model"], meta["target_model"]) == (src, tgt)
         assert (meta["lam_spec"], meta["lam_selection"], meta["dtype"]) == ("1e-4", "fixed", "float64")
         assert (p["lam_spec"], p["lam_selection"]) == ("1e-4", "fixed")
-        pairs = TP.rows_pairs(rows[tgt], lays[tgt], rows[src], lays[src])
-        fit = pairs.text < data.n_fit
-        z_tgt, z_src = TP.gather(rows[tgt], pairs, "a")[fit], TP.gather(rows[src], pairs, "b")[fit]
+        tok_pairs = TP.rows_pairs(rows[tgt], lays[tgt], rows[src], lays[src])
+        fit = tok_pairs.text < data.n_fit
+        z_tgt, z_src = TP.gather(rows[tgt], tok_pairs, "a")[fit], TP.gather(rows[src], tok_pairs, "b")[fit]
         # A float64 reference of the same ridge at the same lambda.
         zb, za = z_src.astype(np.float64), z_tgt.astype(np.float64)
         xb = zb - zb.mean(0)
