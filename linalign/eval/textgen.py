@@ -25,6 +25,30 @@ def token_agreement(generated_ids: Sequence[int], reference_ids: Sequence[int]) 
     return sum(1 for t in range(len(r)) if t < len(g) and g[t] == r[t]) / len(r)
 
 
+def repetition_rate(ids: Sequence[int], n: int = 4) -> float:
+    """Share of a sequence's token n-grams that already occurred earlier in it.
+
+    Definition: with the L - n + 1 n-grams of ``ids`` in order, the fraction that equal an
+    earlier n-gram of the same sequence. 0 for a sequence with no repeated n-gram (or shorter
+    than n + 1 tokens); close to 1 for a loop ("the the the ...", runs of newlines).
+
+    Args:
+      ids: token ids of one generated output.
+      n: n-gram length.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    ids = list(ids)
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    if len(grams) < 2:
+        return 0.0
+    seen, rep = set(), 0
+    for g in grams:
+        rep += g in seen
+        seen.add(g)
+    return rep / len(grams)
+
+
 def continuation_nll(model, prompt_ids: Sequence[int], cont_ids: Sequence[int]) -> tuple[float, int]:
     """Summed negative log-likelihood of ``cont_ids`` after ``prompt_ids`` under a causal model.
 

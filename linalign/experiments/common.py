@@ -47,7 +47,7 @@ class StudyConfig:
       cache_dir: cache root override (default: linalign's cache).
       n_gen_fit / n_gen / max_new_tokens / gen_lam / gen_corpora: generation study settings
         (texts whose per-token states fit the map are drawn evenly from gen_corpora; gen_lam is
-        a lambda spec for ``fit_map``, by default the paper's absolute 1e-4).
+        a lambda spec for ``fit_map``, by default "auto": the lambda policy's exact 5-fold CV).
       encoder: the embedding model that compares generated texts.
     """
 
@@ -74,7 +74,7 @@ class StudyConfig:
     n_gen_fit: int = 600
     n_gen: int = 8
     max_new_tokens: int = 48
-    gen_lam: str = "1e-4"
+    gen_lam: str = "auto"
     gen_corpora: Sequence[str] = ("bbc_sentences", "fortunes")
     encoder: str = "all-minilm-l6-v2"
 

@@ -1,35 +1,42 @@
-"""Cross-model generation: source transformer -> per-token affine map -> target LM head."""
+"""Cross-model generation as the paper did it: chat-format fitting text, controls and ceilings.
+
+For each ordered pair of causal models (target A's LM head, source B's transformer):
+
+* fitting text: instruction/response conversations (``linalign.experiments.chatdata``), each
+  model reading them in its own chat template, newlines kept; per-token final hidden states
+  paired by character offsets within the shared content (``tokenpairs``); the map is fit by
+  ``linalign.fit`` with the lambda policy (``cfg.gen_lam``, "auto" = exact 5-fold CV);
+* teacher-forced on held-out conversations: how often the hybrid (B's state -> map -> A's head)
+  picks A's own top-1 next token, and the next-token accuracy it keeps relative to A's own;
+* generation: greedy, ``cfg.max_new_tokens`` tokens for ``cfg.n_gen`` held-out chat prompts,
+  through ``linalign.generate.CrossDecoder``; cosine of the generated text to both models'
+  native outputs beside the native-vs-native ceiling, positional token agreement with A's own
+  greedy output and the common prefix length, a repetition rate;
+* controls (``linalign.experiments.gencontrols``): the self-map (source = target, identity map)
+  must reproduce native generation token for token; a perturbed self-map (the source's states
+  rotated by a known angle and mixed with a known amount of noise) shows how every metric
+  degrades with map quality.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import time
 
 import numpy as np
 from absl import logging
 
 from linalign.eval import pairing, textgen
 from linalign.eval.report import Report
+from linalign.experiments import chatdata
 from linalign.experiments import common as C
+from linalign.experiments import tokenpairs as TP
 from linalign.experiments.pairs import PairRunner
-
-# Plain-text prompts (no chat template: the pair mixes an instruct and a base model).
-PROMPTS = (
-    "The capital of France is",
-    "Once upon a time, there was a little",
-    "The best way to learn a new language is",
-    "Scientists have discovered that",
-    "The stock market fell sharply today after",
-    "In the football match on Saturday,",
-    "The new smartphone features a",
-    "My favourite food is",
-    "The government announced a plan to",
-    "Water boils at a temperature of",
-    "The film won three awards, including",
-    "To make a cup of tea, first",
-)
 
 _SPECIAL = re.compile(r"^(<[^>]*>|\[[A-Za-z_]+\])$")
 _BYTE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+DEGENERATE_REP = 0.5  # an output whose 4-gram repetition rate exceeds this counts as degenerate
 
 
 def vocab_for_jaccard(tokenizer):
@@ -48,92 +55,129 @@ def vocab_for_jaccard(tokenizer):
     return vocab, scheme, special
 
 
-def _row_offsets(rows, i):
-    _, _, offs = rows.row(i)
-    return offs
+def jaccard(ma, mb) -> float:
+    va, sa, spa = vocab_for_jaccard(ma.tokenizer)
+    vb, sb, spb = vocab_for_jaccard(mb.tokenizer)
+    return pairing.jaccard_vocab_overlap(va, vb, sa, sb, spa, spb)
 
 
-def paired_token_states(rows_a, rows_b):
-    """Pairs per-token states of two models on the same texts by character offsets.
-
-    Args:
-      rows_a, rows_b: ``TokenRows`` of the target and the source (same texts, same order).
-
-    Returns:
-      (z_a [N, d_a], z_b [N, d_b]).
-    """
-    if len(rows_a) != len(rows_b):
-        raise ValueError(f"target has {len(rows_a)} texts, source {len(rows_b)}")
-    za, zb = [], []
-    for i in range(len(rows_a)):
-        sa, _, oa = rows_a.row(i)
-        sb, _, ob = rows_b.row(i)
-        j = pairing.pair_offsets(oa, ob)
-        ok = j >= 0
-        za.append(np.asarray(sa)[ok])
-        zb.append(np.asarray(sb)[j[ok]])
-    return np.concatenate(za), np.concatenate(zb)
-
-
-def match_rate(texts, rows_a, rows_b) -> float:
-    """``pairing.exact_token_match_rate`` over TokenRows (target A's tokens counted)."""
-    oa = [_row_offsets(rows_a, i) for i in range(len(texts))]
-    ob = [_row_offsets(rows_b, i) for i in range(len(texts))]
-    return pairing.exact_token_match_rate(texts, oa, [None] * len(oa), ob, [None] * len(ob))
-
-
-class _Gen:
-    """A generation's target-vocabulary ids (EOS dropped) and text."""
+class Gen:
+    """A generation's ids (EOS dropped) and text."""
 
     def __init__(self, ids, text):
         self.ids, self.text = list(ids), text
 
 
-def _greedy_all(model, prompts, max_new_tokens: int):
-    """The model's own greedy continuations (KV-cached ``Decoder``, one prompt at a time)."""
+def native_all(model, prompts, max_new_tokens: int, batch_size: int = 16) -> list[Gen]:
+    """The model's own greedy chat responses (KV-cached ``Decoder``, batched, left-padded)."""
     from linalign.generate.decode import GREEDY, Decoder, eos_ids_of
 
-    dec = Decoder(model.module, model.params)
-    eos = eos_ids_of(model)
+    chatdata.ensure_chat_template(model)
+    tok, dec, eos = model.tokenizer, Decoder(model.module, model.params), set(eos_ids_of(model))
     out = []
-    for p in prompts:
-        enc = model.tokenizer.encode_batch([p], padding_side="left")
-        row = dec.generate(enc.ids, enc.mask, max_new_tokens, eos, GREEDY, 0, model.tokenizer.pad_id).rows()[0]
-        row = [t for t in row if t not in set(eos)]
-        out.append(_Gen(row, model.tokenizer.decode(row)))
+    for c in range(0, len(prompts), batch_size):
+        texts = [tok.apply_chat_template([{"role": "user", "content": p}]) for p in prompts[c:c + batch_size]]
+        enc = tok.encode_batch(texts, add_special_tokens=False, padding_side="left")
+        gen = dec.generate(enc.ids, enc.mask, max_new_tokens, tuple(eos), GREEDY, 0, tok.pad_id)
+        for row in gen.rows():
+            row = [t for t in row if t not in eos]
+            out.append(Gen(row, tok.decode(row)))
     return out
 
 
-def _cross_all(source, target, amap, prompts, max_new_tokens: int):
-    """Source transformer -> map -> target LM head, greedy (``generate_from_hidden``).
+def cross_all(source, target, amap, prompts, max_new_tokens: int) -> list[Gen]:
+    """Source transformer -> map -> target LM head, greedy, each prompt in the source's chat template.
 
-    ``amap``: anything ``CrossDecoder`` takes (a saved map's path, an AffineMap, (W, b)).
+    ``amap``: anything ``CrossDecoder`` takes (a saved map's path, an AffineMap, (W, b), a callable).
     """
     from linalign.generate.cross import CrossDecoder
 
+    chatdata.ensure_chat_template(source)
     dec = CrossDecoder(source, amap, target)
-    out = []
-    for p in prompts:
-        g = dec.generate(p, max_new_tokens, False)
-        out.append(_Gen(g.target_ids, g.text))
+    out, t0 = [], time.time()
+    for i, p in enumerate(prompts):
+        g = dec.generate(p, max_new_tokens, chat=True)
+        out.append(Gen(g.target_ids, g.text))
+        logging.info("cross %s -> %s: %d of %d prompts, %.0f s", source.name, target.name, i + 1, len(prompts),
+                     time.time() - t0)
     return out
 
 
-def _fit_texts(cfg: C.StudyConfig):
-    """Texts whose per-token states fit the maps, drawn evenly from ``cfg.gen_corpora``."""
-    fit_texts, used = [], []
-    per = -(-cfg.n_gen_fit // len(cfg.gen_corpora))
-    for k, spec in enumerate(cfg.gen_corpora):
-        try:
-            t, _, nm = C.load_texts(spec, per, cfg, seed_offset=7 + k)
-        except Exception as e:  # noqa: BLE001 - optional (Debian) corpora may be missing
-            logging.warning("generation fit corpus %s unavailable (%s); skipping it", spec, e)
-            continue
-        fit_texts += t
-        used.append(f"{len(t)} from {nm}")
-    if not fit_texts:
-        raise ValueError(f"none of the generation fit corpora {list(cfg.gen_corpora)} could be loaded")
-    return fit_texts, used
+def common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def top1_fn(model, chunk: int = 256):
+    """h [n, d] -> A's top-1 token ids [n] through its LM head (chunked, jitted)."""
+    import jax
+    import jax.numpy as jnp
+
+    mod = model.module
+    f = jax.jit(lambda p, h: jnp.argmax(mod.apply({"params": p}, h, method=type(mod).lm_head), -1))
+
+    def top1(h_nd):
+        h_nd = np.asarray(h_nd, np.float32)
+        out = []
+        for s in range(0, len(h_nd), chunk):
+            blk = h_nd[s:s + chunk]
+            pad = chunk - len(blk)
+            if pad:
+                blk = np.concatenate([blk, np.zeros((pad, blk.shape[1]), np.float32)])
+            out.append(np.asarray(f(model.params, blk))[: chunk - pad])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    return top1
+
+
+def teacher_forced(native_top1, hybrid_top1, next_ids) -> dict:
+    """Teacher-forced measures of a hybrid against the target's own head, on the same positions.
+
+    Args:
+      native_top1: [n] target's own top-1 next token at each position.
+      hybrid_top1: [n] top-1 of the target head applied to the mapped source state.
+      next_ids: [n] the token that follows in the text.
+
+    Returns:
+      top1_agreement: share of positions where hybrid and native top-1 agree;
+      native_next_acc / hybrid_next_acc: share where each top-1 is the text's next token;
+      next_acc_kept: hybrid_next_acc / native_next_acc; n: positions.
+    """
+    native_top1, hybrid_top1, next_ids = map(np.asarray, (native_top1, hybrid_top1, next_ids))
+    if not (native_top1.shape == hybrid_top1.shape == next_ids.shape) or native_top1.size == 0:
+        raise ValueError(f"teacher-forced arrays must be non-empty and alike, got {native_top1.shape}, "
+                         f"{hybrid_top1.shape}, {next_ids.shape}")
+    nat, hyb = float(np.mean(native_top1 == next_ids)), float(np.mean(hybrid_top1 == next_ids))
+    return {"top1_agreement": float(np.mean(native_top1 == hybrid_top1)), "native_next_acc": nat,
+            "hybrid_next_acc": hyb, "next_acc_kept": hyb / nat if nat > 0 else float("nan"),
+            "n": int(native_top1.size)}
+
+
+def gen_measures(outs, native_t, native_s, emb_out, emb_t, emb_s) -> dict:
+    """Measures of generated outputs against the target's and the source's native outputs.
+
+    Args:
+      outs, native_t, native_s: lists of ``Gen`` (same prompts); native_t in the target's vocabulary.
+      emb_out, emb_t, emb_s: [n, d] sentence embeddings of their texts.
+    """
+    rep = np.array([textgen.repetition_rate(o.ids) for o in outs])
+    return {"token_agreement": float(np.mean([textgen.token_agreement(o.ids, n.ids)
+                                              for o, n in zip(outs, native_t)])),
+            "common_prefix_tokens": float(np.mean([common_prefix(o.ids, n.ids) for o, n in zip(outs, native_t)])),
+            "identical_outputs": int(sum(o.ids == n.ids for o, n in zip(outs, native_t))),
+            "cos_to_target_native": float(textgen.row_cosine(emb_out, emb_t).mean()),
+            "cos_to_source_native": float(textgen.row_cosine(emb_out, emb_s).mean()),
+            "repetition_rate": float(rep.mean()), "degenerate_share": float(np.mean(rep > DEGENERATE_REP)),
+            "mean_tokens": float(np.mean([len(o.ids) for o in outs]))}
+
+
+def encode_texts(cfg, texts) -> np.ndarray:
+    """Sentence embeddings (``cfg.encoder``, mean pooling) of generated texts (empty -> " ")."""
+    return np.asarray(C.embed(cfg.encoder, [t if t.strip() else " " for t in texts], cfg))
 
 
 def _map_file(rep: Report, a: str, b: str):
@@ -141,116 +185,117 @@ def _map_file(rep: Report, a: str, b: str):
     return rep.dir / "maps" / f"{safe(b)}_to_{safe(a)}.safetensors"
 
 
-def _one_pair(cfg, rep, a, b, rows, native, prompts, fit_texts):
-    """Fits the map source b -> target a, generates through it, measures; returns (entry, samples)."""
+def one_pair(cfg, rep, a, b, data, lays, rows, native, prompts, emb_native) -> dict:
+    """Fits source b -> target a on the fitting conversations, measures teacher-forced and generated."""
     ma, mb = C.load_model(a), C.load_model(b)
-    za, zb = paired_token_states(rows[a], rows[b])
-    amap, lam = C.fit_map(zb, za, cfg.gen_lam)
-    path = C.save_map(amap, _map_file(rep, a, b), source=b, target=a, layer=-1, pooling="per_token")
-    r2_fit = C.r2(C.apply_map(amap, zb), za)
-    va, sa, spa = vocab_for_jaccard(ma.tokenizer)
-    vb, sb, spb = vocab_for_jaccard(mb.tokenizer)
-    jac = pairing.jaccard_vocab_overlap(va, vb, sa, sb, spa, spb)
-    emr = match_rate(fit_texts, rows[a], rows[b])
-    cross = _cross_all(mb, ma, path, prompts, cfg.max_new_tokens)
-    agree = float(np.mean([textgen.token_agreement(c.ids, n.ids) for c, n in zip(cross, native[a])]))
-    prompt_ids = [ma.tokenizer.encode(p) for p in prompts]
-    ppl_cross = textgen.perplexity(ma, prompt_ids, [c.ids for c in cross])
-    ppl_native = textgen.perplexity(ma, prompt_ids, [n.ids for n in native[a]])
-    texts_all = [c.text or " " for c in cross] + [n.text or " " for n in native[a]] + \
-        [n.text or " " for n in native[b]]
-    e = np.asarray(C.embed(cfg.encoder, texts_all, cfg))
-    k = len(prompts)
-    cos_a = textgen.row_cosine(e[:k], e[k:2 * k])
-    cos_b = textgen.row_cosine(e[:k], e[2 * k:])
-    entry = {"target": C.short(a), "source": C.short(b), "exact_token_match_rate": emr,
-             "jaccard_vocab": jac, "token_agreement": agree, "target_ppl_cross": ppl_cross,
-             "target_ppl_native": ppl_native, "cos_to_target_native": float(cos_a.mean()),
-             "cos_to_source_native": float(cos_b.mean()), "map_train_r2": r2_fit,
-             "n_token_pairs": int(len(za)), "lam": lam, "lam_spec": amap.metadata.lam_spec,
-             "lam_selection": amap.metadata.lam_selection,
-             "map_file": str(path.relative_to(rep.dir))}
-    samples = [{"pair": f"{C.short(b)}->{C.short(a)}", "prompt": p, "cross": c.text,
-                "target_native": n_a.text, "source_native": n_b.text}
-               for p, c, n_a, n_b in list(zip(prompts, cross, native[a], native[b]))[:3]]
-    logging.info("generation %s<-%s: %s", C.short(a), C.short(b), entry)
-    return entry, samples
+    t0 = time.time()
+    pairs = TP.rows_pairs(rows[a], lays[a], rows[b], lays[b])
+    fit = pairs.text < data.n_fit
+    za, zb = TP.gather(rows[a], pairs, "a"), TP.gather(rows[b], pairs, "b")
+    amap, lam = C.fit_map(zb[fit], za[fit], cfg.gen_lam)
+    path = C.save_map(amap, _map_file(rep, a, b), source=b, target=a, layer=-1, pooling="per_token",
+                      fit_text="chat conversations", fit_rows=int(fit.sum()))
+    held = ~fit & pairs.predicts_response
+    mapped = C.apply_map(amap, zb[held])
+    top1 = top1_of(ma)
+    tf = teacher_forced(top1(za[held]), top1(mapped), pairs.next_a[held])
+    t_fit = time.time() - t0
+    t0 = time.time()
+    cross = cross_all(mb, ma, path, prompts, cfg.max_new_tokens)
+    t_gen = time.time() - t0
+    emb = encode_texts(cfg, [c.text for c in cross])
+    g = gen_measures(cross, native[a], native[b], emb, emb_native[a], emb_native[b])
+    entry = {"target": C.short(a), "source": C.short(b), "fit_rows": int(fit.sum()),
+             "heldout_rows": int(held.sum()), "lam": lam, "lam_spec": amap.metadata.lam_spec,
+             "lam_selection": amap.metadata.lam_selection, "map_train_r2": C.r2(C.apply_map(amap, zb[fit]), za[fit]),
+             "heldout_r2": C.r2(mapped, za[held]),
+             "exact_token_match_rate": TP.content_match_rate(rows[a], lays[a], rows[b], lays[b]),
+             "exact_token_match_rate_reverse": TP.content_match_rate(rows[b], lays[b], rows[a], lays[a]),
+             "jaccard_vocab": jaccard(ma, mb), "teacher_forced": tf, "generation": g,
+             "fit_seconds": t_fit, "generation_seconds": t_gen, "map_file": os.path.relpath(path, rep.dir),
+             "samples": [{"prompt": p, "cross": c.text, "target_native": na.text, "source_native": nb.text}
+                         for p, c, na, nb in list(zip(prompts, cross, native[a], native[b]))[:3]]}
+    logging.info("generation %s <- %s: %s", C.short(a), C.short(b),
+                 {k: v for k, v in entry.items() if k != "samples"})
+    return entry
+
+
+_TOP1: dict = {}
+
+
+def top1_of(model):
+    """``top1_fn`` memoised per model (one compiled head per process)."""
+    if model.fingerprint not in _TOP1:
+        _TOP1[model.fingerprint] = top1_fn(model)
+    return _TOP1[model.fingerprint]
 
 
 def run_generation(cfg: C.StudyConfig, name: str = "generation") -> Report:
-    """Every ordered pair of the causal models: fit a per-token map, generate, measure.
+    """Both ordered pairs of the causal models, the native ceilings and the self-map controls."""
+    from linalign.experiments import gencontrols, genreport
 
-    A model that fails to load, embed or generate, or a pair that fails (for example its solve
-    raising), is recorded in the report and the others go on; the report is rewritten after
-    each pair (``linalign.experiments.pairs``). Each pair's map is saved under maps/.
-    """
-    rep = Report(name, cfg.out_root, "Cross-model generation through a per-token affine map")
+    rep = Report(name, cfg.out_root, "Cross-model generation through a per-token affine map, with controls")
     runner = PairRunner(rep, cfg)
     loaded = {m: runner.model(m, "load", lambda m=m: C.load_model(m)) for m in cfg.models}
-    # A model that failed to load stays in the pairs (they are listed as skipped).
     causal = [m for m in cfg.models if loaded[m] is None or loaded[m].is_causal]
     if len(causal) < 2:
         raise ValueError(f"cross-model generation needs two causal models; got {causal} among {list(cfg.models)}")
-    fit_texts, used = _fit_texts(cfg)
-    prompts = list(PROMPTS[: cfg.n_gen])
-    rows, native = {}, {}
+    t0 = time.time()
+    data = TP.chat_data(cfg)
+    t_data = time.time() - t0
+    prompts = TP.eval_prompts(cfg, cfg.n_gen, exclude=[r["prompt"] for r in data.records])
+    lays, rows, native, emb_native, t_native = {}, {}, {}, {}, {}
     for m in causal:
-        rows[m] = runner.model(m, "per-token hidden states",
-                               lambda m=m: C.embed(m, fit_texts, cfg, per_token=True))
+        lays[m] = runner.model(m, "chat layouts", lambda m=m: TP.layouts(C.load_model(m), data.records))
+        rows[m] = runner.model(m, "per-token hidden states", lambda m=m: TP.token_rows(m, lays[m], cfg))
+        t1 = time.time()
         native[m] = runner.model(m, "native generation",
-                                 lambda m=m: _greedy_all(C.load_model(m), prompts, cfg.max_new_tokens))
-        if native[m]:
-            logging.info("native %s: %r", C.short(m), native[m][0].text)
-    rep.text(f"Map fit on per-token final hidden states of {len(fit_texts)} texts ({', '.join(used)}; "
-             f"max_length {cfg.max_length}), tokens paired by character offsets (target token i "
-             f"-> first source token whose span ends at or after i's end). Ridge lambda spec "
-             f"`{cfg.gen_lam}` (the paper's is an absolute 1e-4), resolved by linalign's lambda "
-             f"policy; the solve is in float64. Greedy decoding, {cfg.max_new_tokens} new tokens, "
-             f"{len(prompts)} plain-text prompts. Cosines use {C.short(cfg.encoder)} mean-pooled "
-             "embeddings of the generated text (prompt excluded). Each pair's map is in maps/.\n")
-    results, samples = [], []
+                                 lambda m=m: native_all(C.load_model(m), prompts, cfg.max_new_tokens))
+        t_native[m] = time.time() - t1
+        if native[m] is not None:
+            emb_native[m] = encode_texts(cfg, [g.text for g in native[m]])
+    ok = [m for m in causal if runner.ok(m)]
+    ceiling = {}
+    if len(ok) >= 2:
+        x, y = ok[0], ok[1]
+        ceiling = {"models": [C.short(x), C.short(y)],
+                   "cos_native_vs_native": float(textgen.row_cosine(emb_native[x], emb_native[y]).mean()),
+                   "native": {C.short(m): gen_measures(native[m], native[m], native[m], emb_native[m],
+                                                       emb_native[m], emb_native[m]) for m in ok}}
+    setup = {"fit_conversations": data.n_fit, "heldout_conversations": data.n_heldout,
+             "writer": C.short(data.writer), "response_tokens_mean": float(np.mean([r["n_tokens"] for r in data.records])),
+             "finished_share": float(np.mean([r["finished"] for r in data.records])),
+             "tokens_per_text": {C.short(m): float(np.mean(rows[m].lengths_b)) for m in ok},
+             "texts_with_newline": {C.short(m): int(sum("\n" in lay.text for lay in lays[m])) for m in ok},
+             "templates": {C.short(m): chatdata.ensure_chat_template(C.load_model(m)) for m in ok},
+             "n_prompts": len(prompts), "data_seconds": t_data,
+             "native_generation_seconds": {C.short(m): t for m, t in t_native.items()}}
+    genreport.setup_text(rep, cfg, setup)
+    results, controls = [], {}
 
     def render():
-        _render(rep, results, samples)
-        rep.results[name] = {"pairs": results, "prompts": prompts, "n_fit_texts": len(fit_texts),
-                             "samples": samples}
+        genreport.render(rep, cfg, setup, ceiling, results, controls)
+        rep.results[name] = {"setup": setup, "ceiling": ceiling, "pairs": results, "controls": controls,
+                             "prompts": prompts,
+                             "native_samples": {C.short(m): [g.text for g in native[m][:3]] for m in ok}}
 
     pairs = C.ordered_pairs(causal)
-    runner.start(len(pairs))
+    runner.start(len(pairs) + 1)
     for a, b in pairs:
         out = runner.pair(f"{C.short(b)} -> {C.short(a)}",
-                          lambda: _one_pair(cfg, rep, a, b, rows, native, prompts, fit_texts), needs=(a, b))
+                          lambda: one_pair(cfg, rep, a, b, data, lays, rows, native, prompts, emb_native),
+                          needs=(a, b))
         if out is not None:
-            results.append(out[0])
-            samples += out[1]
+            results.append(out)
         runner.publish(render)
+    self_model = TP.WRITER if TP.WRITER in ok else (ok[0] if ok else None)
+    if self_model is not None:
+        out = runner.pair(f"controls ({C.short(self_model)} self-map)",
+                          lambda: gencontrols.run_controls(cfg, self_model, data, lays[self_model],
+                                                           rows[self_model], native[self_model], prompts,
+                                                           emb_native[self_model]), needs=(self_model,))
+        if out is not None:
+            controls.update(out)
+    runner.publish(render)
     runner.finish(render)
     return rep
-
-
-def _render(rep: Report, results, samples) -> None:
-    table = [[r["target"], r["source"], r["exact_token_match_rate"], r["jaccard_vocab"],
-              r["token_agreement"], r["target_ppl_cross"], r["target_ppl_native"],
-              r["cos_to_target_native"], r["cos_to_source_native"], r["map_train_r2"]] for r in results]
-    rep.table(["target A (LM head)", "source B (transformer)", "exact token match", "Jaccard vocab",
-               "agreement w/ A greedy", "A ppl of cross text", "A ppl of own text",
-               "cos to A native", "cos to B native", "map train R2"], table,
-              caption="Cross-model generation")
-    rep.text("Paper, for reference: cross-model generation works for some pairs only; quality is "
-             "predicted by the exact token match rate (r = 0.898 over 23 pairs) and Jaccard vocabulary "
-             "overlap (r = 0.822); pairs with exact match above 0.7 succeed, tiny source models fail; "
-             "good outputs have cosine above 0.7 to both native outputs, bad ones below 0.3. Maps "
-             "there were fit on 4,000 instruction examples; here on a few hundred short texts.\n")
-    if results:
-        groups = [f"{r['source']}->{r['target']}" for r in results]
-        rep.bars("generation_measures", groups,
-                 {k: [r[key] for r in results] for k, key in (
-                     ("exact token match", "exact_token_match_rate"), ("Jaccard vocab", "jaccard_vocab"),
-                     ("agreement w/ target greedy", "token_agreement"),
-                     ("cos to target native", "cos_to_target_native"),
-                     ("cos to source native", "cos_to_source_native"))},
-                 ylabel="value", title="cross-model generation (source->target)")
-    rep.text("\n## Samples\n")
-    for s in samples:
-        rep.text(f"**{s['pair']}**, prompt: `{s['prompt']}`\n\n- cross: {s['cross']!r}\n"
-                 f"- target native: {s['target_native']!r}\n- source native: {s['source_native']!r}\n")

@@ -71,12 +71,18 @@ def test_ood_and_scaling_studies(cfg):
 
 @pytest.mark.slow
 def test_generation_study(cfg):
+    cfg = dataclasses.replace(cfg, max_length=256)
     res, md = _outputs(registry.run("generation", cfg))
     pairs = res["generation"]["pairs"]
     assert {(p["target"], p["source"]) for p in pairs} == {("llama_a", "llama_b"), ("llama_b", "llama_a")}
     for p in pairs:
         assert 0 <= p["exact_token_match_rate"] <= 1 and 0 <= p["jaccard_vocab"] <= 1
-        assert p["target_ppl_cross"] > 0
+        assert p["teacher_forced"]["n"] > 0 and p["lam_selection"] == "kfold-5"
+    ctl = res["generation"]["controls"]
+    # The identity self-map reproduces the model's own greedy output token for token.
+    assert ctl["identity"]["generation"]["identical_outputs"] == ctl["n_prompts_identity"] == cfg.n_gen
+    assert ctl["identity"]["teacher_forced"]["top1_agreement"] == 1.0
+    assert len(ctl["perturbed"]) >= 4 and "Native-vs-native ceiling" in md
 
 
 @pytest.mark.slow
@@ -126,12 +132,12 @@ def test_map_rows_must_match():
 
 def test_models_embedding_different_texts_refused():
     # Two models' embeddings of different text sets (different row counts) cannot be compared.
-    from linalign.experiments import generation, similarity
+    from linalign.experiments import similarity, tokenpairs
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="has 7 rows, expected 8: all models must embed the same texts"):
         similarity.similarity_matrices({"a": rng.normal(size=(8, 4)), "b": rng.normal(size=(7, 3))}, k=2, seed=0)
-    with pytest.raises(ValueError, match="target has 3 texts, source 2"):
-        generation.paired_token_states([None] * 3, [None] * 2)
+    with pytest.raises(ValueError, match="layouts of the two models differ in number"):
+        tokenpairs.pair_tokens([None] * 3, [None] * 3, [None] * 3, [None] * 2, [None] * 2)
 
 
 def test_joined_corpus_spec(cfg, tiny_corpora):

@@ -15,7 +15,7 @@ import pytest
 
 from linalign.experiments import common as C
 from linalign.experiments import registry
-from linalign.experiments.generation import _fit_texts, paired_token_states
+from linalign.experiments import tokenpairs as TP
 
 
 def _read(d: pathlib.Path):
@@ -49,8 +49,10 @@ def test_generation_runs_both_directions_with_a_massive_activation_source(cfg, t
     from linalign.align.affine_map import AffineMap
 
     a, m = tiny_models["llama_a"], massive_model
-    cfg = dataclasses.replace(cfg, models=(a, m), gen_lam="1e-4")
-    texts = _fit_texts(cfg)[0]
+    cfg = dataclasses.replace(cfg, models=(a, m), gen_lam="1e-4", max_length=256)
+    data = TP.chat_data(cfg)
+    lays = {k: TP.layouts(C.load_model(k), data.records) for k in (a, m)}
+    texts = [x.text for x in lays[m]]
     rms, mean, _ = _hidden_rms(m, texts)
     ratio = rms / np.median(rms)
     # The property (Sun et al., 2024): a few dimensions 100-1000x the scale of the rest, with
@@ -64,7 +66,7 @@ def test_generation_runs_both_directions_with_a_massive_activation_source(cfg, t
     assert res["failures"] == [] and res["status"] == "complete"
     pairs = {(p["source"], p["target"]): p for p in res["generation"]["pairs"]}
     assert set(pairs) == {("llama_a", "llama_massive"), ("llama_massive", "llama_a")}
-    rows = {k: C.embed(k, texts, cfg, per_token=True) for k in (a, m)}
+    rows = {k: TP.token_rows(k, lays[k], cfg) for k in (a, m)}
     for src, tgt in ((a, m), (m, a)):
         p = pairs[(C.short(src), C.short(tgt))]
         assert p["lam"] == pytest.approx(1e-4, rel=1e-12, abs=0)
@@ -76,7 +78,9 @@ def test_generation_runs_both_directions_with_a_massive_activation_source(cfg, t
         assert (meta["source_model"], meta["target_model"]) == (src, tgt)
         assert (meta["lam_spec"], meta["lam_selection"], meta["dtype"]) == ("1e-4", "fixed", "float64")
         assert (p["lam_spec"], p["lam_selection"]) == ("1e-4", "fixed")
-        z_tgt, z_src = paired_token_states(rows[tgt], rows[src])
+        tok_pairs = TP.rows_pairs(rows[tgt], lays[tgt], rows[src], lays[src])
+        fit = tok_pairs.text < data.n_fit
+        z_tgt, z_src = TP.gather(rows[tgt], tok_pairs, "a")[fit], TP.gather(rows[src], tok_pairs, "b")[fit]
         # A float64 reference of the same ridge at the same lambda.
         zb, za = z_src.astype(np.float64), z_tgt.astype(np.float64)
         xb = zb - zb.mean(0)
@@ -85,7 +89,7 @@ def test_generation_runs_both_directions_with_a_massive_activation_source(cfg, t
         pred = np.asarray(amap.apply(z_src), np.float64)
         err = np.linalg.norm(pred - ref) / np.linalg.norm(ref)
         np.testing.assert_allclose(err, 0.0, rtol=0, atol=1e-3)
-        assert p["target_ppl_cross"] > 0
+        assert p["teacher_forced"]["n"] > 0 and 0 <= p["teacher_forced"]["top1_agreement"] <= 1
     assert "failed step" not in md
 
 
@@ -93,7 +97,7 @@ def test_generation_runs_both_directions_with_a_massive_activation_source(cfg, t
 def test_generation_survives_a_singular_pair(cfg, tiny_models, dead_dims_model):
     # At lambda 0 the source with three all-zero dimensions has a singular C_bb: that pair's solve
     # raises. The other direction (dead-dims model as the target) is well posed and must finish.
-    cfg = dataclasses.replace(cfg, models=(tiny_models["llama_a"], dead_dims_model), gen_lam="0")
+    cfg = dataclasses.replace(cfg, models=(tiny_models["llama_a"], dead_dims_model), gen_lam="0", max_length=256)
     out = registry.run("generation", cfg)
     res, md = _read(out)
     assert res["status"] == "complete"
@@ -102,7 +106,7 @@ def test_generation_survives_a_singular_pair(cfg, tiny_models, dead_dims_model):
     assert [(p["source"], p["target"]) for p in res["generation"]["pairs"]] == [("llama_a", "llama_dead")]
     assert "llama_dead -> llama_a: `SingularSystemError`" in md
     assert (out / res["generation"]["pairs"][0]["map_file"]).exists()
-    assert (out / "generation_measures.png").exists()
+    assert (out / "perturbed_selfmap.png").exists()
 
 
 @pytest.mark.slow
