@@ -51,8 +51,8 @@ def define_flags() -> None:
     shared.define_batch_size("extract")
     shared.define_pooling()
     shared.define_lam(_D.lam, "the ridge of the pooled maps.")
-    flags.DEFINE_string("gen_lam", _D.gen_lam, "Generation: lambda spec of the per-token maps "
-                        "(default the paper's absolute 1e-4).")
+    flags.DEFINE_string("gen_lam", _D.gen_lam, "Generation and layers: lambda spec of the per-token "
+                        "maps ('auto': the lambda policy's 5-fold CV; the paper used an absolute 1e-4).")
     flags.DEFINE_integer("seed", _D.seed, "Sampling seed.")
     shared.define_out_dir("Output root; the report goes to OUT_DIR/<study>/.")
     flags.FLAGS.set_default("out_dir", _D.out_root)
