@@ -253,7 +253,7 @@ def classification_through_map(cfg, source: str, target: str, layer_maps: dict, 
     mt, ms = C.load_model(target), C.load_model(source)
     za = np.asarray(hidden_states(mt, texts, pooling="mean", max_length=64, batch_size=cfg.batch_size,
                                   cache_dir=cfg.cache_dir), np.float32)
-    head = fit_head(za[tr], list(y[tr]), seed=cfg.seed)
+    head = fit_head(za[tr], list(y[tr]))  # lbfgs to convergence: deterministic
     out = {"native": head.accuracy(za[te], head_labels(head, y[te])), "n_train": int(len(tr)), "n_test": int(len(te))}
     for lb, amap in layer_maps.items():
         zb = np.asarray(hidden_states(ms, texts, pooling="mean", max_length=64, batch_size=cfg.batch_size,
