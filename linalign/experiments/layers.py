@@ -23,7 +23,7 @@ teacher-forced next-token agreement on held-out conversations.
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 from absl import logging
