@@ -30,6 +30,7 @@ from absl import logging
 from linalign.eval import pairing, textgen
 from linalign.eval.report import Report
 from linalign.experiments import chatdata
+from linalign.generate.cross import common_prefix
 from linalign.experiments import common as C
 from linalign.experiments import tokenpairs as TP
 from linalign.experiments.pairs import PairRunner
@@ -101,15 +102,6 @@ def cross_all(source, target, amap, prompts, max_new_tokens: int) -> list[Gen]:
         logging.info("cross %s -> %s: %d of %d prompts, %.0f s", source.name, target.name, i + 1, len(prompts),
                      time.time() - t0)
     return out
-
-
-def common_prefix(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def top1_fn(model, chunk: int = 256):

@@ -27,6 +27,15 @@ import dataclasses
 import numpy as np
 
 
+def doubling_steps(start: int, limit: int) -> list[int]:
+    """start, 2 start, 4 start, ... < limit: the rotations of a log-depth fold."""
+    out, s = [], start
+    while s < limit:
+        out.append(s)
+        s *= 2
+    return out
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n - 1).bit_length())
 
@@ -70,11 +79,7 @@ class PackedLayout:
     @property
     def fold_steps(self) -> list[int]:
         """Product rotations R, 2R, 4R, ... < d'."""
-        out, s = [], self.rows_per_copy
-        while s < self.d_pad:
-            out.append(s)
-            s *= 2
-        return out
+        return doubling_steps(self.rows_per_copy, self.d_pad)
 
     @property
     def rotation_steps(self) -> list[int]:
@@ -184,11 +189,7 @@ class ReplicatedLayout:
     @property
     def fold_steps(self) -> list[int]:
         """R, 2R, 4R, ... < d'."""
-        out, s = [], self.rows
-        while s < self.d_pad:
-            out.append(s)
-            s *= 2
-        return out
+        return doubling_steps(self.rows, self.d_pad)
 
     @property
     def rotation_steps(self) -> list[int]:

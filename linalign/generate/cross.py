@@ -90,7 +90,8 @@ def _hidden_size(model) -> Optional[int]:
     return getattr(getattr(model, "config", None), "hidden_size", None)
 
 
-def _common_prefix(a: list, b: list) -> int:
+def common_prefix(a, b) -> int:
+    """Length of the longest common prefix of two token sequences."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -174,7 +175,7 @@ class CrossDecoder:
             tgt_ids.append(tok)
             gen_text = t_tok.decode(tgt_ids).rstrip("\ufffd")  # hold back an incomplete UTF-8 tail
             want = s_tok.encode(gen_text, add_special_tokens=False) if gen_text else []
-            keep = _common_prefix(fed, want)
+            keep = common_prefix(fed, want)
             if keep == len(fed) == len(want):
                 reason = "stalled"
                 break
