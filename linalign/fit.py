@@ -28,12 +28,7 @@ def define_flags() -> None:
 
     shared.define_source_target()
     shared.define_out_dir("Output directory (must be empty or absent unless --overwrite).")
-    shared.define_lam()
-    flags.DEFINE_list("lam_grid", None, "Candidate lambdas; default: 13 values, 1e-6..1e2 x C_bb's "
-                      "mean eigenvalue.")
-    flags.DEFINE_integer("folds", 5, "Cross-validation folds accumulated in the streaming pass.")
-    flags.DEFINE_float("val_fraction", 0.1, "Fraction of rows held out to score the map.")
-    flags.DEFINE_integer("seed", 0, "Seed of the fold and held-out assignments.")
+    shared.define_fit_policy()
     shared.define_batch_size("fit")
     shared.define_dtype(["float32", "float64"], "float32", "Accumulation dtype (float64 runs on "
                         "the host with numpy; the solve is always float64).")

@@ -101,6 +101,16 @@ def define_lam(default: str = "auto", help_extra: str = "") -> flags.FlagHolder:
     return holder
 
 
+def define_fit_policy() -> None:
+    """The lambda policy's flags, shared by the single-host and the distributed fit."""
+    define_lam()
+    flags.DEFINE_list("lam_grid", None, "Candidate lambdas (default: 13 values, 1e-6..1e2 x C_bb's "
+                      "mean eigenvalue).")
+    flags.DEFINE_integer("folds", 5, "Cross-validation folds accumulated in the streaming pass.")
+    flags.DEFINE_integer("seed", 0, "Seed of the fold and held-out assignments.")
+    flags.DEFINE_float("val_fraction", 0.1, "Fraction of rows held out to score the map.")
+
+
 def define_pooling() -> flags.FlagHolder:
     return flags.DEFINE_enum("pooling", POOLING_DEFAULT, list(POOLING_CHOICES),
                              "Pooling of hidden states: mean over real tokens (the paper's "

@@ -69,12 +69,7 @@ def define_fit_flags() -> None:
     flags.DEFINE_string("checkpoint_dir", None, "Checkpoints (default: <out_dir>.checkpoints).")
     flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints.")
     shared.define_batch_size("fit", "Rows each process reads per step.")
-    shared.define_lam()
-    flags.DEFINE_list("lam_grid", None, "Candidate lambdas (default: 13 values, 1e-6..1e2 x C_bb's "
-                      "mean eigenvalue).")
-    flags.DEFINE_integer("folds", 5, "Cross-validation folds accumulated in the streaming pass.")
-    flags.DEFINE_integer("seed", 0, "Seed of the fold and held-out assignments.")
-    flags.DEFINE_float("val_fraction", 0.1, "Fraction of rows held out to score the map.")
+    shared.define_fit_policy()
     shared.define_dtype(["float32", "float64"], "float32", "Accumulation dtype.")
     shared.alias("fit_dtype", "dtype")
     flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --out_dir.")
