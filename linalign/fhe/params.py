@@ -186,23 +186,22 @@ FIT_PRESETS: Mapping[str, CKKSParams] = {
 FIT_DEFAULT = N8192_V1
 
 
-def get_fit_params(name_or_params: "str | CKKSParams | None") -> CKKSParams:
-    """The fit's chain for a preset name (``FIT_PRESETS``), or a CKKSParams passed through."""
+def _resolve(name_or_params, table: Mapping[str, CKKSParams], default: CKKSParams,
+             what: str) -> CKKSParams:
     if name_or_params is None:
-        return FIT_DEFAULT
+        return default
     if isinstance(name_or_params, CKKSParams):
         return name_or_params.check()
-    if name_or_params not in FIT_PRESETS:
-        raise InsecureParamsError(f"unknown fit preset {name_or_params!r}; known {sorted(FIT_PRESETS)}")
-    return FIT_PRESETS[name_or_params]
+    if name_or_params not in table:
+        raise InsecureParamsError(f"unknown {what} {name_or_params!r}; known {sorted(table)}")
+    return table[name_or_params]
+
+
+def get_fit_params(name_or_params: "str | CKKSParams | None") -> CKKSParams:
+    """The fit's chain for a preset name (``FIT_PRESETS``), or a CKKSParams passed through."""
+    return _resolve(name_or_params, FIT_PRESETS, FIT_DEFAULT, "fit preset")
 
 
 def get_params(name_or_params: "str | CKKSParams | None") -> CKKSParams:
     """Resolves a preset name (or passes a CKKSParams through) and checks it."""
-    if name_or_params is None:
-        return DEFAULT
-    if isinstance(name_or_params, CKKSParams):
-        return name_or_params.check()
-    if name_or_params not in PRESETS:
-        raise InsecureParamsError(f"unknown CKKS preset {name_or_params!r}; known {sorted(PRESETS)}")
-    return PRESETS[name_or_params]
+    return _resolve(name_or_params, PRESETS, DEFAULT, "CKKS preset")
