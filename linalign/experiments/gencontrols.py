@@ -1,8 +1,11 @@
 """Controls of the generation study: the self-map and self-maps perturbed by known amounts.
 
-Source = target = one model. The identity map must give exactly the model's own greedy output
-(cross decoding re-reads every generated token through the tokenizer, so this checks the whole
-loop). A perturbed self-map rotates the (centred) source state by a known angle theta in d/2
+Source = target = one model. The identity map must give exactly the model's own greedy output:
+that checks the whole loop (prefill, cache steps, map, head, token choice, EOS). With one shared
+tokenizer cross decoding feeds the generated ids as they are; the same identity map with the
+text round trip forced (``retokenize=True``, what a pair with two tokenizers always does) shows
+what re-reading the text canonically costs on its own (a generated "\n" "\n" becomes "\n\n", a
+context the model did not write). A perturbed self-map rotates the (centred) source state by a known angle theta in d/2
 random planes and adds a known amount sigma of state-dependent noise:
 
     map(h) = (h - mu) (Q_theta + sigma G / sqrt(d)) + mu,   G ~ N(0, 1)^{d x d} fixed,
@@ -21,7 +24,7 @@ from linalign.experiments import tokenpairs as TP
 
 LEVELS = ((15.0, 0.0), (30.0, 0.0), (45.0, 0.0), (0.0, 0.5), (0.0, 0.8))
 N_IDENTITY_PROMPTS = 8  # the identity check (exact tokens); the unit test repeats it on a few prompts
-N_CONTROL_PROMPTS = 4  # generation under each perturbed map (cross decoding is batch 1: the CPU cost)
+N_CONTROL_PROMPTS = 8  # generation under each perturbed map (cross decoding is batch 1: the CPU cost)
 
 
 def rotation(d: int, degrees: float, seed: int = 0) -> np.ndarray:
@@ -78,6 +81,11 @@ def run_controls(cfg, m: str, data, lays, rows, native, prompts, emb_native) -> 
                        "teacher_forced": teacher_forced(native_top1, native_top1, pairs.next_a[held]),
                        "generation": gen_measures(gens, native[:ki], native[:ki], emb, emb_native[:ki],
                                                   emb_native[:ki])}
+    gens = cross_all(model, model, ident, prompts[:ki], cfg.max_new_tokens, retokenize=True)
+    emb = encode_texts(cfg, [g.text for g in gens])
+    out["identity_retokenized"] = {
+        "heldout_r2": 1.0, "teacher_forced": out["identity"]["teacher_forced"],
+        "generation": gen_measures(gens, native[:ki], native[:ki], emb, emb_native[:ki], emb_native[:ki])}
     k = min(N_CONTROL_PROMPTS, len(prompts))
     out["n_prompts_perturbed"] = k
     for deg, sig in LEVELS:

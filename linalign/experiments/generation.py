@@ -86,10 +86,11 @@ def native_all(model, prompts, max_new_tokens: int, batch_size: int = 16) -> lis
     return out
 
 
-def cross_all(source, target, amap, prompts, max_new_tokens: int) -> list[Gen]:
+def cross_all(source, target, amap, prompts, max_new_tokens: int, retokenize=None) -> list[Gen]:
     """Source transformer -> map -> target LM head, greedy, each prompt in the source's chat template.
 
     ``amap``: anything ``CrossDecoder`` takes (a saved map's path, an AffineMap, (W, b), a callable).
+    ``retokenize``: as ``CrossDecoder.generate`` (None: re-encode unless the tokenizer is shared).
     """
     from linalign.generate.cross import CrossDecoder
 
@@ -97,7 +98,7 @@ def cross_all(source, target, amap, prompts, max_new_tokens: int) -> list[Gen]:
     dec = CrossDecoder(source, amap, target)
     out, t0 = [], time.time()
     for i, p in enumerate(prompts):
-        g = dec.generate(p, max_new_tokens, chat=True)
+        g = dec.generate(p, max_new_tokens, chat=True, retokenize=retokenize)
         out.append(Gen(g.target_ids, g.text))
         logging.info("cross %s -> %s: %d of %d prompts, %.0f s", source.name, target.name, i + 1, len(prompts),
                      time.time() - t0)

@@ -18,6 +18,11 @@ DEFINITIONS = """\
   generated text and that model's own greedy answer to the same prompt, averaged over prompts.
   *Native-vs-native* is the same measure between the two models' own answers: an output cannot
   be expected to be closer to both natives than they are to each other.
+- *Identity self-map*: source = target, W = I, b = 0; the generated ids are fed back as they are
+  (one shared tokenizer), so it must equal native greedy decoding. *Text re-tokenized*: the same,
+  but every step decodes the generated ids to text and re-encodes it, as a pair with two
+  tokenizers must; where the model wrote a non-canonical split (two "\n" tokens re-read as one
+  "\n\n"), the context changes and the output may diverge: re-tokenization's own cost.
 - *Repetition rate*: share of an output's token 4-grams that already occurred earlier in it,
   averaged over outputs; *degenerate share*: outputs whose repetition rate exceeds 0.5.
 - *Exact token match rate* (A counted): for each conversation, the user text and the response in
@@ -69,6 +74,9 @@ def render(rep, cfg, setup, ceiling, results, controls) -> None:
     rows = [_row(f"{r['source']} -> {r['target']}", r) for r in results]
     if controls.get("identity"):
         rows.append(_row(f"control: {controls['model']} identity self-map", controls["identity"]))
+    if controls.get("identity_retokenized"):
+        rows.append(_row(f"control: {controls['model']} identity self-map, text re-tokenized",
+                         controls["identity_retokenized"]))
     for p in controls.get("perturbed", []):
         rows.append(_row(f"control: {controls['model']} self-map, {p['degrees']:.0f} deg, noise {p['sigma']}", p))
     rep.table(HEAD, rows, caption="Cross-model generation, the real pair and the controls")

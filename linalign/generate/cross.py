@@ -19,6 +19,13 @@ re-encoded with the source tokenizer, and only the difference is fed to the sour
   the source nothing new to read; decoding then stops with ``finish_reason="stalled"`` rather
   than looping on an unchanged state.
 
+When source and target share one tokenizer (``Tokenizer.same_tokens_as``: a self-map, or two
+models of one family), the target's ids are the source's ids and are fed as generated, with no
+text round trip (``retokenize=None``, the default). Re-encoding would then only replace the
+model's own non-canonical splits (a generated "\n" "\n" re-read as "\n\n") and change the context
+the source reads; ``retokenize=True`` forces the round trip anyway, which measures what
+re-tokenization alone costs.
+
 The generated text is encoded separately from the prompt (the prompt's source tokens are fixed
 after prefill). Batch size is 1: re-tokenization is per sequence and happens on the host.
 """
@@ -110,6 +117,7 @@ class CrossDecoder:
 
     def __init__(self, source, map_fn, target):
         self.source, self.target = source, target
+        self.shared_tokenizer = source.tokenizer.same_tokens_as(target.tokenizer)
         self.map_fn = as_map_fn(map_fn, _hidden_size(source), _hidden_size(target))
         src_mod, tgt_mod = source.module, target.module
 
@@ -136,7 +144,8 @@ class CrossDecoder:
         self._select = jax.jit(select_token, static_argnames=("sampling",))
 
     def generate(self, prompt: str, max_new_tokens: int = 128, chat: bool = False,
-                 sampling: Sampling = GREEDY, seed: int = 0) -> CrossGeneration:
+                 sampling: Sampling = GREEDY, seed: int = 0,
+                 retokenize: Optional[bool] = None) -> CrossGeneration:
         """Generates target-vocabulary text for one prompt.
 
         Args:
@@ -145,9 +154,16 @@ class CrossDecoder:
           max_new_tokens: most target tokens.
           sampling: decoding rule over the target logits (greedy by default, as in the paper).
           seed: PRNG seed when sampling.
+          retokenize: feed the source the re-encoded text (True) or the target's ids as they are
+            (False, only with a shared tokenizer); None: re-encode unless the tokenizer is shared.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if retokenize is None:
+            retokenize = not self.shared_tokenizer
+        if not retokenize and not self.shared_tokenizer:
+            raise ValueError(f"retokenize=False needs one tokenizer for source and target; "
+                             f"{self.source.tokenizer.name!r} and {self.target.tokenizer.name!r} differ")
         s_tok, t_tok = self.source.tokenizer, self.target.tokenizer
         text = s_tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
         prompt_ids = s_tok.encode(text, add_special_tokens=not chat)
@@ -174,7 +190,10 @@ class CrossDecoder:
                 break
             tgt_ids.append(tok)
             gen_text = t_tok.decode(tgt_ids).rstrip("\ufffd")  # hold back an incomplete UTF-8 tail
-            want = s_tok.encode(gen_text, add_special_tokens=False) if gen_text else []
+            if retokenize:
+                want = s_tok.encode(gen_text, add_special_tokens=False) if gen_text else []
+            else:
+                want = list(tgt_ids)
             keep = common_prefix(fed, want)
             if keep == len(fed) == len(want):
                 reason = "stalled"
@@ -200,7 +219,8 @@ class CrossDecoder:
 
 def generate_from_hidden(source, map_fn, target, prompt: str, max_new_tokens: int = 128, chat: bool = False,
                          sampling: Sampling = GREEDY, seed: int = 0,
-                         decoder: Optional[CrossDecoder] = None) -> CrossGeneration:
+                         decoder: Optional[CrossDecoder] = None,
+                         retokenize: Optional[bool] = None) -> CrossGeneration:
     """One-shot form of ``CrossDecoder(source, map_fn, target).generate(...)``."""
     decoder = decoder or CrossDecoder(source, map_fn, target)
-    return decoder.generate(prompt, max_new_tokens, chat, sampling, seed)
+    return decoder.generate(prompt, max_new_tokens, chat, sampling, seed, retokenize)

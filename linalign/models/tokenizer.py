@@ -161,6 +161,14 @@ class Tokenizer:
         kw["padding_side"] = kw["padding_side"] or "right"
         return cls(tokenizers.Tokenizer.from_str(d["tokenizer_json"]), **kw)
 
+    def same_tokens_as(self, other) -> bool:
+        """True when ``other`` maps every text to the same ids and back (same vocabulary, merges,
+        normalisation and pre-tokenisation: the same tokenizer.json). Chat templates may differ."""
+        if other is self:
+            return True
+        hf = getattr(other, "_hf", None)
+        return hf is not None and hf.to_str() == self._hf.to_str()
+
     # ------------------------------------------------------------------ encoding
     def _set_truncation(self, max_length: Optional[int]) -> None:
         if max_length == self._trunc_len:

@@ -10,21 +10,25 @@ from linalign.experiments import generation as G
 
 @pytest.mark.slow
 def test_identity_self_map_reproduces_native_generation():
-    # Source = target = SmolLM2, identity map: cross decoding (which re-reads every generated
-    # token through the tokenizer) must give exactly the model's own greedy chat answers.
+    # Source = target = SmolLM2, identity map: cross decoding must give exactly the model's own
+    # greedy chat answers. The fourth prompt is a study prompt where SmolLM2 writes "\n" "\n" as
+    # two tokens: re-read as text ("\n\n", one token) the answer diverges after 51 tokens, so
+    # the shared tokenizer's ids must be fed as generated.
     from linalign.experiments import common as C
+    from linalign.experiments import tokenpairs as TP
 
     m = C.load_model("smollm2-135m-instruct")
     prompts = ["What is the capital of France?",
                "Explain what this saying means and give an example.\n\nA penny saved is a penny earned.",
                "Summarise this news article in three sentences.\n\nAd sales boost Time Warner profit\n\n"
                "Quarterly profits at US media giant TimeWarner jumped 76% to $1.13bn for the three months "
-               "to December, from $639m year-earlier."]
-    native = G.native_all(m, prompts, 40)
+               "to December, from $639m year-earlier.",
+               TP.eval_prompts(C.StudyConfig(), 3)[2]]
+    native = G.native_all(m, prompts, 64)
     d = m.config.hidden_size
-    cross = G.cross_all(m, m, (np.eye(d, dtype=np.float32), np.zeros(d, np.float32)), prompts, 40)
+    cross = G.cross_all(m, m, (np.eye(d, dtype=np.float32), np.zeros(d, np.float32)), prompts, 64)
     assert [c.ids for c in cross] == [n.ids for n in native]
-    assert all(len(n.ids) > 5 for n in native)
+    assert all(len(n.ids) > 5 for n in native) and len(native[3].ids) == 64
     assert "Paris" in native[0].text
 
 

@@ -141,6 +141,40 @@ def test_same_model_identity_map_equals_native_greedy():
     assert got.rollbacks == 0
 
 
+def test_same_tokens_as():
+    assert char_tokenizer().same_tokens_as(char_tokenizer("other name"))
+    assert not char_tokenizer().same_tokens_as(bpe_tokenizer())
+    assert not char_tokenizer().same_tokens_as(object())
+
+
+@pytest.mark.slow
+def test_shared_tokenizer_feeds_ids_and_forced_retokenization_rereads_text():
+    # One model with a BPE tokenizer as source and target: a random model writes non-canonical
+    # splits ("a" "b" where the merge "ab" exists). Fed back as ids (the default with a shared
+    # tokenizer), cross decoding is native greedy decoding; forced through the text round trip,
+    # it equals re-reading the canonical tokenization from scratch, and that context differs.
+    tok = bpe_tokenizer()
+    model = loaded("m", llama, llama_cfg(tok.vocab_size), tok, seed=5)
+    eye = (jnp.eye(48, dtype=jnp.float32), jnp.zeros(48, jnp.float32))
+    dec = cross.CrossDecoder(model, eye, model)
+    assert dec.shared_tokenizer
+    differs = 0
+    for prompt in ["abca", "dd cab"]:
+        got = dec.generate(prompt, 16)
+        ids = np.asarray([tok.encode(prompt)])
+        native = decode.Decoder(model.module, model.params).generate(ids, max_new_tokens=16, eos_ids=(0,)).rows()[0]
+        native = native[:-1] if native and native[-1] == 0 else native
+        assert got.target_ids == native and got.rollbacks == 0 and got.source_ids == native
+        forced = dec.generate(prompt, 16, retokenize=True)
+        ref_ids, _ = reference(model, *eye, model, prompt, 16)
+        assert forced.target_ids == ref_ids
+        differs += forced.target_ids != got.target_ids
+    assert differs, "re-reading the canonical tokenization should change some output here"
+    other = loaded("o", llama, llama_cfg(char_tokenizer().vocab_size), char_tokenizer(), seed=1)
+    with pytest.raises(ValueError, match="retokenize=False needs one tokenizer"):
+        cross.CrossDecoder(model, (jnp.eye(48), jnp.zeros(48)), other).generate("ab", 4, retokenize=False)
+
+
 def test_bad_arguments():
     tok = char_tokenizer()
     model = loaded("m", llama, llama_cfg(tok.vocab_size), tok, seed=3)
