@@ -318,10 +318,12 @@ def available_backends() -> list[str]:
 
 
 def make_client(
-    name: str, d_in: int, k_out: int, params: "str | CKKSParams | None" = None
+    name: str, d_in: int, k_out: int, params: "str | CKKSParams | None" = None, **options
 ) -> ClientBackend:
-    """Generates keys for backend ``name`` sized for d_in-dim queries and k_out scores."""
-    return get_backend(name).client(d_in, k_out, params)
+    """Generates keys for backend ``name`` sized for d_in-dim queries and k_out scores.
+
+    ``options``: backend-specific settings (``batch`` for ``seal``: queries per ciphertext)."""
+    return get_backend(name).client(d_in, k_out, params, **options)
 
 
 def make_provider(public_context: bytes) -> ProviderBackend:

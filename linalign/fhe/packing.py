@@ -131,33 +131,41 @@ class PackedLayout:
 
 @dataclasses.dataclass(frozen=True)
 class ReplicatedLayout:
-    """Full-ring layout: every slot holds a score (or zero), none a partial sum.
+    """Full-ring layout: every slot holds a score (or zero), none a partial sum; B queries per
+    ciphertext.
 
-    Layout (S slots, d' = next power of two >= d, R = next power of two >= K, C = S / d'):
+    Layout (S slots, d' = next power of two >= d, B queries, period P = B d' <= S):
 
-    * the client tiles z (zero-padded to d') C times, as in ``PackedLayout``;
-    * slot s computes row k = s mod R of V^T: diagonals D_r[s] = V[(s + r) mod d', s mod R]
-      for r < R, evaluated as products rotated back, Horner style:
-      y = P_0 + rot(P_1 + rot(P_2 + ..., 1), 1) with P_r = rot(D_r, -r) * z, i.e.
-      y = sum_r rot(P_r, r) = sum_r D_r * rot(z, r): R - 1 rotations by one step, all on
-      products (before the rescale, so their key-switching noise is divided by the rescale
-      prime) and none on the fresh input;
-    * fold: y += rot(y, R 2^m) for m < log2(d' / R). z and every D_r are d'-periodic in s, so
-      y is too, and a sum of y over the d' consecutive positions s .. s + d' - 1 is a sum over
-      one whole period whatever s is: y[s] = score(s mod R) for s mod R < K, 0 otherwise, in
-      every slot (no window is partial, so copies never mix).
+    * the client writes query b (zero-padded to d') at [b d', (b+1) d') of a P-vector and tiles
+      it S / P times (free: replication happens before encryption);
+    * the head is the block-diagonal matrix diag(V, ..., V) [P, B K]: score j = b K + k is
+      query b's score k. R = next power of two >= B K;
+    * slot s computes row s mod R: diagonals D_r[s] = Vbig[(s + r) mod P, s mod R] for r < R,
+      evaluated baby-step giant-step with r = g n1 + b (n1 n2 = R, n1 ~ sqrt R):
+      y = sum_g rot(sum_b rot(D_{g n1 + b}, -g n1) * rot(z, b), g n1), the giant sums in Horner
+      form y = I_0 + rot(I_1 + rot(I_2 + ..., n1), n1): n1 - 1 baby rotations of the input
+      (each one step further than the last: one Galois key, step 1) and n2 - 1 giant rotations
+      of products (step n1, before the rescale);
+    * fold: y += rot(y, R 2^m) for m < log2(P / R). z and every D_r are P-periodic in s, so y
+      is too, and the fold sums y over the P consecutive positions s .. s + P - 1, one whole
+      period whatever s is: y[s] = score(s mod R) for s mod R < B K, 0 otherwise, in every slot
+      (no window is partial, so neither copies nor queries mix).
 
     No slot holds a partial sum over a column window of V, so the reply needs no slot mask
     (a mask multiply's encoding error times those partial sums dominated the evaluation error);
     each score is replicated M = S / R times and the client averages the replicas, which
     divides the reply's independent per-slot noise (flooding included) by sqrt(M).
 
-    Cost: R plaintext multiplies, (R - 1) + log2(d' / R) rotations, one rescale. d=768, K=16,
-    S=4096: 16 multiplies, 15 + 6 = 21 rotations, Galois steps {0, 1, 16, 32, ..., 512}.
+    Cost: R plaintext multiplies, (n1 - 1) + (n2 - 1) + log2(P / R) rotations, one rescale.
+    d=768, K=16, S=4096: B=1: 16 multiplies, 3 + 3 + 6 = 12 rotations (21 with the plain
+    Horner chain of step 1), Galois steps {0, 1, 4, 16, 32, ..., 512}; B=4: 64 multiplies,
+    7 + 7 + 6 = 20 rotations for four queries.
 
     Attributes:
-      d, k, slots, d_pad, copies: as in ``PackedLayout``.
+      d, k, slots, d_pad, copies: as in ``PackedLayout`` (copies = S / P).
       rows: R.
+      batch: B.
+      n1, n2: baby and giant step counts.
     """
 
     d: int
@@ -166,16 +174,32 @@ class ReplicatedLayout:
     d_pad: int
     copies: int
     rows: int
+    batch: int = 1
+    n1: int = 1
+    n2: int = 1
 
     @classmethod
-    def make(cls, d: int, k: int, slots: int) -> "ReplicatedLayout":
+    def make(cls, d: int, k: int, slots: int, batch: int = 1) -> "ReplicatedLayout":
         d_pad = _next_pow2(d)
         if d_pad > slots:
             raise ValueError(f"d={d} (padded {d_pad}) does not fit {slots} slots; use a larger ring")
-        rows = _next_pow2(k)
-        if rows > d_pad:
+        if (not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1
+                or batch & (batch - 1)):
+            raise ValueError(f"batch must be a power of two (the period B d' divides the slots), got {batch!r}")
+        if batch * d_pad > slots:
+            raise ValueError(f"batch={batch} queries of d'={d_pad} exceed {slots} slots "
+                             f"(at most {slots // d_pad})")
+        period = int(batch) * d_pad
+        rows = _next_pow2(int(batch) * k)
+        if rows > period:
             raise ValueError(f"K={k} scores exceed d'={d_pad}: use K <= d'")
-        return cls(d, k, slots, d_pad, slots // d_pad, rows)
+        n1 = 1 << (int(rows).bit_length() - 1) // 2  # sqrt(R), rounded down to a power of two
+        return cls(d, k, slots, d_pad, slots // period, rows, int(batch), n1, rows // n1)
+
+    @property
+    def period(self) -> int:
+        """P = B d'."""
+        return self.batch * self.d_pad
 
     @property
     def replicas(self) -> int:
@@ -183,60 +207,81 @@ class ReplicatedLayout:
         return self.slots // self.rows
 
     @property
-    def horner_steps(self) -> list[int]:
-        return [1] if self.rows > 1 else []
+    def baby_steps(self) -> list[int]:
+        return [1] if self.n1 > 1 else []
+
+    @property
+    def giant_steps(self) -> list[int]:
+        return [self.n1] if self.n2 > 1 else []
 
     @property
     def fold_steps(self) -> list[int]:
-        """R, 2R, 4R, ... < d'."""
-        return doubling_steps(self.rows, self.d_pad)
+        """R, 2R, 4R, ... < P."""
+        return doubling_steps(self.rows, self.period)
 
     @property
     def rotation_steps(self) -> list[int]:
-        """Galois steps: 0 (conjugation, circuit privacy), 1 (Horner) and the fold."""
-        return sorted({0} | set(self.horner_steps) | set(self.fold_steps))
+        """Galois steps: 0 (conjugation, circuit privacy), 1 (baby), n1 (giant) and the fold."""
+        return sorted({0} | set(self.baby_steps) | set(self.giant_steps) | set(self.fold_steps))
 
     @property
     def rotations(self) -> int:
-        """Rotations per query, conjugation excluded."""
-        return self.rows - 1 + len(self.fold_steps)
+        """Rotations per ciphertext, conjugation excluded."""
+        return self.n1 - 1 + self.n2 - 1 + len(self.fold_steps)
 
-    def replicate(self, x_d: np.ndarray) -> np.ndarray:
-        z = np.zeros(self.d_pad)
-        z[: self.d] = x_d
-        return np.tile(z, self.copies)
+    def replicate(self, x: np.ndarray) -> np.ndarray:
+        """[d] or [n, d] (n <= B queries) -> [S] slots."""
+        x = np.asarray(x, np.float64)
+        x = x[None] if x.ndim == 1 else x
+        if x.ndim != 2 or x.shape[1] != self.d or not 1 <= x.shape[0] <= self.batch:
+            raise ValueError(f"queries must be [d={self.d}] or [n <= {self.batch}, {self.d}], got {x.shape}")
+        z = np.zeros((self.batch, self.d_pad))
+        z[: len(x), : self.d] = x
+        return np.tile(z.reshape(-1), self.copies)
+
+    def _vbig(self, v_dk: np.ndarray) -> np.ndarray:
+        """[P, R]: diag(V, ..., V) zero-padded."""
+        big = np.zeros((self.period, self.rows))
+        for b in range(self.batch):
+            big[b * self.d_pad: b * self.d_pad + self.d, b * self.k: (b + 1) * self.k] = v_dk
+        return big
 
     def diagonals(self, v_dk: np.ndarray) -> np.ndarray:
-        """[R, S] pre-rotated diagonals rot(D_r, -r) (the plaintexts of the products P_r)."""
+        """[R, S] plaintexts of the baby-step products: row g n1 + b is rot(D_{g n1 + b}, -g n1)."""
         s = np.arange(self.slots)
-        v_pad = np.zeros((self.d_pad, self.rows))
-        v_pad[: self.d, : self.k] = v_dk
+        big = self._vbig(v_dk)
         out = np.empty((self.rows, self.slots))
         for r in range(self.rows):
-            d_r = v_pad[(s + r) % self.d_pad, s % self.rows]
-            out[r] = np.roll(d_r, r)  # out[t] = D_r[t - r]
+            d_r = big[(s + r) % self.period, s % self.rows]
+            out[r] = np.roll(d_r, (r // self.n1) * self.n1)  # out[t] = D_r[t - g n1]
         return out
 
     def bias_slots(self, c_k: np.ndarray) -> np.ndarray:
-        """[S] with c[s mod R] wherever s mod R < K."""
+        """[S] with c[j mod K] wherever j = s mod R < B K."""
         c = np.zeros(self.rows)
-        c[: self.k] = c_k
+        c[: self.batch * self.k] = np.tile(c_k, self.batch)
         return np.tile(c, self.replicas)
 
-    def simulate_slots(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
-        """Plaintext replay of the encrypted schedule (Horner, then fold) -> all [S] slots."""
-        z = self.replicate(x_d)
-        prods = self.diagonals(v_dk) * z
-        y = prods[-1]
-        for r in range(self.rows - 2, -1, -1):
-            y = np.roll(y, -1) + prods[r]
+    def simulate_slots(self, x: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
+        """Plaintext replay of the encrypted schedule (baby steps, giant Horner, fold) -> all [S]."""
+        z = self.replicate(x)
+        diag = self.diagonals(v_dk)
+        babies = [np.roll(z, -b) for b in range(self.n1)]
+        inner = [sum(diag[g * self.n1 + b] * babies[b] for b in range(self.n1)) for g in range(self.n2)]
+        y = inner[-1]
+        for g in range(self.n2 - 2, -1, -1):
+            y = np.roll(y, -self.n1) + inner[g]
         for step in self.fold_steps:
             y = y + np.roll(y, -step)
         return y + self.bias_slots(c_k)
 
-    def scores(self, slots_s: np.ndarray) -> np.ndarray:
-        """[S] decoded slots -> [K] scores, each the mean of its M replicas."""
-        return np.asarray(slots_s, np.float64).reshape(self.replicas, self.rows).mean(0)[: self.k]
+    def scores(self, slots_s: np.ndarray, n: "int | None" = None) -> np.ndarray:
+        """[S] decoded slots -> [K] scores (B = 1, or the first query) or, with ``n``, [n, K]
+        for the first n queries; each score the mean of its M replicas."""
+        per = np.asarray(slots_s, np.float64).reshape(self.replicas, self.rows).mean(0)
+        per = per[: self.batch * self.k].reshape(self.batch, self.k)
+        return per[0] if n is None else per[:n]
 
-    def simulate(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
-        return self.scores(self.simulate_slots(x_d, v_dk, c_k))
+    def simulate(self, x: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        return self.scores(self.simulate_slots(x, v_dk, c_k), None if x.ndim == 1 else len(x))

@@ -181,6 +181,7 @@ class Sanitizer:
         self._encoder = seal.CKKSEncoder(ctx)
         self._ev = seal.Evaluator(ctx)
         self._mask = None
+        self._zeros = {}
         if keep_slots is not None:
             mask = np.zeros(params.slots)
             mask[np.asarray(keep_slots, dtype=np.int64)] = 0.5  # (ct + conj ct) / 2 = real part
@@ -216,8 +217,12 @@ class Sanitizer:
             ev.mod_switch_to_inplace(mask, out.parms_id())
             out = ev.multiply_plain(out, mask)
         if self._enc is not None:
-            zero = self._encoder.encode(np.zeros(self.params.slots), out.scale())
-            ev.mod_switch_to_inplace(zero, out.parms_id())
+            key = (tuple(out.parms_id()), out.scale())
+            zero = self._zeros.get(key)
+            if zero is None:  # one encoding per level and scale, not one per reply
+                zero = self._encoder.encode(np.zeros(self.params.slots), out.scale())
+                ev.mod_switch_to_inplace(zero, out.parms_id())
+                self._zeros[key] = zero
             out = ev.add(out, self._enc.encrypt(zero))
         if self.bound > 0:
             sigma = self._policy.sigma(self.bound, out.scale())

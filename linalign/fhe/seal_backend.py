@@ -3,10 +3,12 @@
 One ciphertext up, one ciphertext down, all K scores inside it. Two layouts:
 
 * ``seal`` (default): ``packing.ReplicatedLayout`` on the ``n8192`` chain [60, 50, 60]. The
-  product is rotated (Horner, step 1), folded over the whole ring and conjugated while still
-  at scale 2^100, then rescaled once: the reply is at the last level (one prime) and every
-  slot holds a score or zero, so the sanitiser needs no mask; the client averages the
-  M = S / R replicas of each score.
+  input is rotated n1 - 1 times (baby steps), the products n2 - 1 times (giant steps, Horner),
+  then folded over the whole ring and conjugated while still at scale 2^100, then rescaled
+  once: the reply is at the last level (one prime) and every slot holds a score or zero, so
+  the sanitiser needs no mask; the client averages the M = S / R replicas of each score.
+  With ``batch`` B > 1 (a power of two, B d' <= S) one ciphertext carries B queries of one
+  client and one reply their B K scores (``encrypt_batch`` / ``decrypt_batch``).
 * ``seal-v1``: the previous ``packing.PackedLayout`` (copies of z serve R rows each, fold
   inside each copy) on the ``n8192-v1`` chain [50, 50, 50, 60]; its other slots hold partial
   sums of V, which the sanitiser masks. Kept for before/after benchmarks.
@@ -17,7 +19,8 @@ re-randomise replies (``linalign.fhe.privacy``): with ``enable_privacy`` every r
 re-randomised and its error term flooded.
 
 Wire format (``base.pack_blobs``):
-  public context: meta {backend, d_in, k_out, params, steps}, blobs [galois keys, public key]
+  public context: meta {backend, d_in, k_out, params, steps[, batch]}, blobs [galois keys,
+                  public key]
   query / reply:  meta {kind}, blobs [ciphertext]
 """
 
@@ -34,8 +37,21 @@ from linalign.fhe.params import CKKSParams
 NAME = "seal"
 NAME_V1 = "seal-v1"
 MAX_DIM = 1 << 15
+MAX_BATCH = 1 << 14  # queries per ciphertext; the layout bounds it further (B d' <= S)
 MIN_PRIVATE_RING = 8192  # N = 4096 (109-bit modulus): flooded replies have std ~ 2 (measured)
 MASK_BITS = 40  # the score mask's scale: 2^-40 relative mask error, 10 bits of score headroom (n8192)
+
+
+def input_shift_bits(params: CKKSParams) -> int:
+    """Bits moved from the head's encoding scale to the query's (replicated layout).
+
+    The baby steps rotate the fresh query; each key switch adds noise of fixed size, which the
+    plaintext multiply then carries into the result relative to the query's scale. Encoding
+    the query at 2^(scale + s) and the head at 2^(scale - s) keeps the product at 2^(2 scale)
+    (rescale and reply unchanged) and divides that noise by 2^s; the head keeps scale - s bits
+    (42 at n8192: 2e-13 relative encoding error). The query's primes have room to spare (at
+    n8192 2^110 / 2^58 leaves 52 bits for |x|)."""
+    return max(0, min(8, params.scale_bits - 30))
 
 
 def _seal():
@@ -91,8 +107,12 @@ def load_ciphertext(ctx, data: bytes, what: str, expect_bytes: "int | None" = No
     return ct
 
 
-def _layout(name: str, d: int, k: int, slots: int):
-    return (ReplicatedLayout if name == NAME else PackedLayout).make(d, k, slots)
+def _layout(name: str, d: int, k: int, slots: int, batch: int = 1):
+    if name == NAME:
+        return ReplicatedLayout.make(d, k, slots, batch)
+    if batch != 1:
+        raise ValueError(f"{name} carries one query per ciphertext, got batch={batch}")
+    return PackedLayout.make(d, k, slots)
 
 
 class SealClient(base.ClientBackend):
@@ -102,10 +122,14 @@ class SealClient(base.ClientBackend):
     default_params = "n8192"
     compact = True  # seeded queries, bit-packed replies (linalign.fhe.wire)
 
-    def __init__(self, d_in: int, k_out: int, params=None):
+    def __init__(self, d_in: int, k_out: int, params=None, batch: int = 1):
         super().__init__(d_in, k_out, params if params is not None else self.default_params)
         seal = _seal()
-        self.layout = _layout(self.name, self.d_in, self.k_out, self.params.slots)
+        try:
+            self.layout = _layout(self.name, self.d_in, self.k_out, self.params.slots, batch)
+        except ValueError as e:
+            raise base.FHEError(str(e)) from None
+        self.batch = int(batch)
         self._ctx = make_context(self.params)
         keygen = seal.KeyGenerator(self._ctx)
         self._secret_key = keygen.secret_key()
@@ -120,16 +144,11 @@ class SealClient(base.ClientBackend):
 
             self._seeded = wire.SeededEncryptor(self._ctx, self._secret_key)
             self._codec = wire.CompactCodec(self._ctx, self._encryptor.encrypt_symmetric)
-        self._public = base.pack_blobs(
-            {
-                "backend": self.name,
-                "d_in": self.d_in,
-                "k_out": self.k_out,
-                "params": self.params.to_dict(),
-                "steps": self.layout.rotation_steps,
-            },
-            [galois.to_string(), public_key.to_string()],
-        )
+        meta = {"backend": self.name, "d_in": self.d_in, "k_out": self.k_out, "params": self.params.to_dict(),
+                "steps": self.layout.rotation_steps}
+        if self.batch != 1:
+            meta["batch"] = self.batch
+        self._public = base.pack_blobs(meta, [galois.to_string(), public_key.to_string()])
 
     def public_context(self) -> bytes:
         return self._public
@@ -150,8 +169,20 @@ class SealClient(base.ClientBackend):
         return self._secret_key.to_string()
 
     def encrypt(self, x_d: np.ndarray) -> bytes:
-        x = base.check_vector(x_d, self.d_in, "query")
-        pt = self._encoder.encode(self.layout.replicate(x), 2.0**self.params.scale_bits)
+        return self._encrypt_slots(self.layout.replicate(base.check_vector(x_d, self.d_in, "query")))
+
+    def encrypt_batch(self, x_nd: np.ndarray) -> bytes:
+        """Up to ``batch`` queries [n, d_in] in one query blob; ``decrypt_batch`` reads the reply."""
+        x = np.asarray(x_nd, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.d_in or not 1 <= len(x) <= self.batch:
+            raise base.FHEError(f"a batch must have shape (n <= {self.batch}, {self.d_in}), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise base.FHEError("a batch contains NaN or infinity")
+        return self._encrypt_slots(self.layout.replicate(x))
+
+    def _encrypt_slots(self, z_s: np.ndarray) -> bytes:
+        shift = input_shift_bits(self.params) if isinstance(self.layout, ReplicatedLayout) else 0
+        pt = self._encoder.encode(z_s, 2.0 ** (self.params.scale_bits + shift))
         if self.compact:
             return base.pack_blobs({"kind": "query"}, [self._seeded.encrypt(pt)])
         ct = self._encryptor.encrypt_symmetric(pt)
@@ -162,6 +193,13 @@ class SealClient(base.ClientBackend):
         if isinstance(self.layout, ReplicatedLayout):
             return self.layout.scores(vals)  # mean of the M replicas of each score
         return vals[self.layout.score_slots()]
+
+    def decrypt_batch(self, reply: bytes, n: "int | None" = None) -> np.ndarray:
+        """[n, k_out] scores of the first ``n`` (default ``batch``) queries of a batched reply."""
+        n = self.batch if n is None else int(n)
+        if not 1 <= n <= self.batch or not isinstance(self.layout, ReplicatedLayout):
+            raise base.FHEError(f"n must be in [1, {self.batch}] for a {self.name} client, got {n}")
+        return self.layout.scores(self.decrypt_slots(reply), n)
 
 
 class SealClientV1(SealClient):
@@ -182,7 +220,7 @@ class SealProvider(base.ProviderBackend):
         meta, blobs = base.unpack_blobs(public_context, what="public context")
         if meta.get("backend") != self.name:
             raise base.DeserializationError(f"public context is for {meta.get('backend')!r}, not {self.name!r}")
-        if set(meta) - {"backend", "d_in", "k_out", "params", "steps"}:
+        if set(meta) - {"backend", "d_in", "k_out", "params", "steps", "batch"}:
             raise base.DeserializationError(f"public context: unexpected fields {sorted(meta)}")
         if len(blobs) != 2:
             raise base.DeserializationError(f"public context: want 2 blobs (Galois keys, public key), got {len(blobs)}")
@@ -192,8 +230,9 @@ class SealProvider(base.ProviderBackend):
             self.params = CKKSParams.from_dict(meta["params"])
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise base.DeserializationError(f"public context: bad params ({e})") from None
+        batch = base.optional_meta_int(meta, "batch", 1, MAX_BATCH, "public context") if "batch" in meta else 1
         try:
-            self.layout = _layout(self.name, self.d_in, self.k_out, self.params.slots)
+            self.layout = _layout(self.name, self.d_in, self.k_out, self.params.slots, batch)
         except ValueError as e:
             raise base.DeserializationError(f"public context: {e}") from None
         if meta.get("steps") != self.layout.rotation_steps:
@@ -263,8 +302,12 @@ class SealProvider(base.ProviderBackend):
         scale = 2.0**self.params.scale_bits
         if isinstance(self.layout, ReplicatedLayout):
             # ct + conj(ct) doubles the real part: the head is halved here instead.
-            diags = [self._encoder.encode(row, scale) for row in self.layout.diagonals(v / 2)]
-            return {"diags": diags, "bias": self.layout.bias_slots(c / 2)}
+            head_scale = 2.0 ** (self.params.scale_bits - input_shift_bits(self.params))
+            diags = [self._encoder.encode(row, head_scale) for row in self.layout.diagonals(v / 2)]
+            # The bias is added after the conjugation (at the reply's level): not halved.
+            bias = self._encoder.encode(self.layout.bias_slots(c), reply_scale(self._ctx, self.params))
+            self._evaluator.mod_switch_to_inplace(bias, self._ctx.last_parms_id())
+            return {"diags": diags, "bias": bias}
         diags = [self._encoder.encode(row, scale) for row in self.layout.diagonals(v)]
         return {"diags": diags, "bias": self.layout.bias_slots(c)}
 
@@ -274,7 +317,8 @@ class SealProvider(base.ProviderBackend):
             raise base.DeserializationError("query: expected kind 'query' with one ciphertext")
         top = len(self.params.coeff_mod_bit_sizes) - 1
         if self.compact:
-            return self._codec.load(blobs[0], "query", top, True, 2.0**self.params.scale_bits)
+            return self._codec.load(blobs[0], "query", top, True,
+                                    2.0 ** (self.params.scale_bits + input_shift_bits(self.params)))
         ct = load_ciphertext(self._ctx, blobs[0], "query", self._query_bytes)
         if ct.coeff_modulus_size() != top:
             raise base.DeserializationError("query: ciphertext is not at the top level")
@@ -304,22 +348,34 @@ class SealProvider(base.ProviderBackend):
             raise base.FHEError(f"conjugation needs the Galois key of step 0 ({e})") from None
 
     def _apply_replicated(self, ct, head):
-        ev, diags = self._evaluator, head["diags"]
-        # Horner on products: y = P_0 + rot(P_1 + rot(P_2 + ...)); the fresh input is never
-        # rotated and every key switch happens at scale 2^100, before the rescale.
-        acc = ev.multiply_plain(ct, diags[-1])
-        for r in range(len(diags) - 2, -1, -1):
-            acc = self._rotate(acc, 1)
-            ev.add_inplace(acc, ev.multiply_plain(ct, diags[r]))
+        ev, diags, lay = self._evaluator, head["diags"], self.layout
+        # Baby steps: rot(z, b) for b < n1, each one step on from the last (one key, step 1).
+        babies = [ct]
+        for _ in range(1, lay.n1):
+            babies.append(self._rotate(babies[-1], 1))
+
+        def inner(g):
+            out = ev.multiply_plain(babies[0], diags[g * lay.n1])
+            for b in range(1, lay.n1):
+                ev.add_inplace(out, ev.multiply_plain(babies[b], diags[g * lay.n1 + b]))
+            return out
+
+        # Giant steps in Horner form on products (scale 2^100, before the rescale).
+        acc = inner(lay.n2 - 1)
+        for g in range(lay.n2 - 2, -1, -1):
+            acc = self._rotate(acc, lay.n1)
+            ev.add_inplace(acc, inner(g))
+        # Fold and conjugation stay at the product's scale, so their key-switching noise is
+        # divided by the rescale prime. (Measured: folding after the rescale, where a key switch
+        # costs about a third, made the evaluation error ~100x larger, and the flood calibrated
+        # on it with it; the conjugation alone after it, 6x.)
         for step in self.layout.fold_steps:
             ev.add_inplace(acc, self._rotate(acc, step))
-        bias = self._encoder.encode(head["bias"], acc.scale())
-        ev.mod_switch_to_inplace(bias, acc.parms_id())
-        ev.add_plain_inplace(acc, bias)
         # Real parts (ct + conj ct = 2 Re, the head was halved) in every mode: the layout's
         # result is defined by it, and a client's imaginary parts never reach the reply.
         ev.add_inplace(acc, self._conjugate(acc))
         ev.rescale_to_next_inplace(acc)  # -> the last level: the reply is one prime wide
+        ev.add_plain_inplace(acc, head["bias"])
         if self._sanitizer is not None:
             acc = self._sanitizer.finish(acc)
         return acc
@@ -355,19 +411,20 @@ def _galois_element(params: CKKSParams, step: int) -> int:
 
 
 def calibrate(params: CKKSParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm: float, policy,
-              trials: int = 3, seed: int = 0, backend: str = NAME) -> float:
+              trials: int = 3, seed: int = 0, backend: str = NAME, batch: int = 1) -> float:
     """The flooding bound B for this head: the provider's own keys, its exact circuit.
 
     Runs ``trials`` random queries of L2 norm ``input_norm`` through an unflooded provider
     (conjugation and, for seal-v1, the mask included; no re-randomisation) built from a fresh
     client of the provider's own, and compares every slot with the plaintext replay of the
-    schedule. Returns B (value units) = margin * sqrt(2) * largest slot error.
+    schedule (``batch`` queries per ciphertext: the provider's layout). Returns B (value
+    units) = margin * sqrt(2) * largest slot error.
     """
     from linalign.fhe.privacy import noise_bound
 
     d, k = np.shape(v_dk)
     spec = base.get_backend(backend)
-    client = spec.client(d, k, params)
+    client = spec.client(d, k, params, batch=batch) if batch != 1 else spec.client(d, k, params)
     provider = spec.provider(client.public_context())
     provider._sanitizer = provider._make_sanitizer(None)  # no flood, no re-randomisation
     head = provider.prepare(v_dk, c_k)
@@ -375,14 +432,15 @@ def calibrate(params: CKKSParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm:
     rng = np.random.default_rng(seed)
     errs = []
     for _ in range(trials):
-        x = rng.standard_normal(d)
-        x *= input_norm / np.linalg.norm(x)
-        want = lay.simulate_slots(x, v_dk, c_k)
+        x = rng.standard_normal((batch, d))
+        x *= input_norm / np.linalg.norm(x, axis=1, keepdims=True)
+        want = lay.simulate_slots(x if batch > 1 else x[0], v_dk, c_k)
         if not isinstance(lay, ReplicatedLayout):
             keep = np.zeros(provider.params.slots, dtype=bool)
             keep[lay.score_slots()] = True
             want = np.where(keep, want, 0.0)
-        errs.append(client.decrypt_slots(provider.apply(client.encrypt(x), head)) - want)
+        query = client.encrypt_batch(x) if batch > 1 else client.encrypt(x[0])
+        errs.append(client.decrypt_slots(provider.apply(query, head)) - want)
     return noise_bound(errs, policy)
 
 

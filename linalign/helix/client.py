@@ -139,9 +139,14 @@ class HelixClient:
     def info(self) -> dict:
         return self._call(M.MsgType.INFO, M.MsgType.INFO_REPLY)[0].meta
 
-    def setup_inference(self, d: int, k: int, backend: str = "seal", params=None) -> None:
-        """Generates fresh keys for this session and sends the public context."""
-        self._backend = base.make_client(backend, d, k, params)
+    def setup_inference(self, d: int, k: int, backend: str = "seal", params=None, batch: int = 1) -> None:
+        """Generates fresh keys for this session and sends the public context.
+
+        ``batch`` (``seal`` only): queries per ciphertext; ``query`` then sends rows in groups of
+        ``batch`` (each group counts ``batch`` queries against the provider's budget)."""
+        options = {"batch": int(batch)} if batch != 1 else {}
+        self._backend = base.make_client(backend, d, k, params, **options)
+        self._batch = int(batch)
         msg, up, down = self._call(M.MsgType.INFER_SETUP, M.MsgType.READY, blobs=[self._backend.public_context()])
         try:
             self._announced = {key: float(msg.meta[key]) for key in ("head_scale", "score_bound", "input_norm",
@@ -180,25 +185,30 @@ class HelixClient:
         limit = a["score_bound"] + 8 * a["flood_std"] + 1e-9
         out = np.empty((z.shape[0], self._backend.k_out))
         t0 = time.perf_counter()
-        for i, row in enumerate(z):
+        step = getattr(self, "_batch", 1)
+        for i in range(0, len(z), step):
+            rows = z[i:i + step]
             try:
-                q = self._backend.encrypt(row)
+                q = self._backend.encrypt(rows[0]) if step == 1 else self._backend.encrypt_batch(rows)
             except base.FHEError as e:
                 raise base.FHEError(f"query row {i}: {e}") from None
             msg, up, down = self._call(M.MsgType.QUERY, M.MsgType.RESULT, blobs=[q])
             if len(msg.blobs) != 1:
                 raise M.ProtocolError(f"RESULT carries {len(msg.blobs)} blobs, want 1")
-            scaled = self._backend.decrypt(msg.blobs[0])
+            if step == 1:
+                scaled = self._backend.decrypt(msg.blobs[0])[None]
+            else:
+                scaled = self._backend.decrypt_batch(msg.blobs[0], len(rows))
             worst = float(np.max(np.abs(scaled)))
             if not worst <= limit:
                 raise base.FHEError(f"query row {i}: decrypted |score| {worst:.4g} exceeds the possible "
                                     f"{limit:.4g} (input bound x head norm + flood): overflow or corrupt reply")
-            out[i] = scaled / a["head_scale"]
+            out[i:i + len(rows)] = scaled / a["head_scale"]
             self.stats.query_up += up
             self.stats.query_down += down
-            self.stats.queries += 1
-            if (i + 1) % 100 == 0:
-                logging.info("encrypted queries: %d / %d", i + 1, z.shape[0])
+            self.stats.queries += len(rows)
+            if (i + len(rows)) // 100 > i // 100:
+                logging.info("encrypted queries: %d / %d", i + len(rows), z.shape[0])
         self.stats.query_seconds += time.perf_counter() - t0
         return out
 

@@ -200,10 +200,12 @@ class Server:
                                 f"replies ({e}); use the n8192 or n16384 preset") from None
         scale, score_bound = head_scale(self.input_norm, b.v_dk, b.c_k, headroom)
         v, c = b.v_dk * scale, b.c_k * scale
-        key = json.dumps(provider.params.to_dict(), sort_keys=True)
+        batch = getattr(provider.layout, "batch", 1)  # the bound is the circuit's: batched contexts differ
+        key = json.dumps([provider.params.to_dict(), batch], sort_keys=True)
         with self._cache_lock:
             if key not in self._infer_bounds:
-                self._infer_bounds[key] = seal_backend.calibrate(provider.params, v, c, self.input_norm, self.policy)
+                self._infer_bounds[key] = seal_backend.calibrate(provider.params, v, c, self.input_norm, self.policy,
+                                                                 batch=batch)
             bound = self._infer_bounds[key]
         std = provider.enable_privacy(bound, self.policy)
         head = provider.prepare(v, c)

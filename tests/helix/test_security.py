@@ -129,6 +129,27 @@ def test_budget_and_request_log(bundle, tmp_path):
     assert all(r["identity"] == "127.0.0.1" for r in lines if r["type"] == "QUERY")
 
 
+def test_batched_queries_spend_the_budget_per_query(bundle):
+    # Two queries per ciphertext: one QUERY message spends two queries of the budget, so
+    # batching cannot stretch it; the batched scores equal the single ones.
+    x = np.vstack([_x(), -_x(), 0.5 * _x()])
+    with running(bundle, query_budget=4) as srv:
+        with HelixClient(srv.port) as cl:
+            cl.setup_inference(D_A, K, "seal")
+            single = cl.query(x)
+        with HelixClient(srv.port) as cl:
+            cl.setup_inference(D_A, K, "seal", batch=2)
+            assert cl.info()["budget_left"]["query"] == 1
+    with running(bundle, query_budget=4) as srv:
+        with HelixClient(srv.port) as cl:
+            cl.setup_inference(D_A, K, "seal", batch=2)
+            got = cl.query(x)  # two messages: [x0, x1] and [x2]: four queries spent
+            np.testing.assert_allclose(got, single, rtol=0, atol=1e-3)
+            assert cl.stats.queries == 3
+            with pytest.raises(M.PeerError, match="query budget of 4"):
+                cl.query(x[:1])
+
+
 def test_slow_and_hostile_clients_do_not_delay_a_valid_one(bundle):
     """8 idle sockets, a byte-trickling client and a chatty client: a valid client's setup and
     queries each stay under the stated bound (one job ahead per worker: here 2 s)."""
