@@ -73,7 +73,7 @@ def _register_all():
     register("scaling", "held-out R^2 and accuracy vs number of texts the map is fit on")(cls.run_scaling)
     register("generation", "cross-model greedy generation between the causal models through a "
              "per-token map fit on chat-format conversations, with self-map controls and native ceilings",
-             n_gen_fit=608, n_gen=32, max_new_tokens=128, max_length=512)(generation.run_generation)
+             n_gen_fit=864, n_gen=32, max_new_tokens=128, max_length=512)(generation.run_generation)
     register("layers", "per-layer R^2 and CKA of every source layer against the target's layers from "
              "one streaming pass; best vs last layer through the map", n_texts=200, max_length=512)(layers.run_layers)
     register("demo", "short similarity + classification on BBC titles (minutes on 2 CPU cores)",
