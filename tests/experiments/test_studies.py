@@ -82,6 +82,8 @@ def test_generation_study(cfg):
     # The identity self-map reproduces the model's own greedy output token for token.
     assert ctl["identity"]["generation"]["identical_outputs"] == ctl["n_prompts_identity"] == cfg.n_gen
     assert ctl["identity"]["teacher_forced"]["top1_agreement"] == 1.0
+    assert ctl["identity_retokenized"]["generation"]["mean_tokens"] > 0
+    assert "identity self-map, text re-tokenized" in md
     assert len(ctl["perturbed"]) >= 4 and "Native-vs-native ceiling" in md
 
 
