@@ -54,6 +54,15 @@ def input_shift_bits(params: CKKSParams) -> int:
     return max(0, min(8, params.scale_bits - 30))
 
 
+def reply_drop_bits(params: CKKSParams) -> int:
+    """Low bits of every reply coefficient the provider rounds away (``wire``, one prime).
+
+    The rounding error is ~1900 2^t / 2^scale per decoded slot at N = 8192 (``wire``): with
+    t = scale_bits - 31 about 1e-6 per slot, 7e-8 per score after the replicas, under the
+    flood. n8192: 19 of 60 bits (reply 123 -> 84 KB); n4096 (scale 2^31): none."""
+    return max(0, params.scale_bits - 31)
+
+
 def _seal():
     import seal  # lazy: heavy native extension
 
@@ -153,13 +162,18 @@ class SealClient(base.ClientBackend):
     def public_context(self) -> bytes:
         return self._public
 
-    def decrypt_slots(self, reply: bytes) -> np.ndarray:
-        """All [S] decoded slots of a reply (tests: what a curious client could read)."""
+    def decrypt_slots(self, reply: bytes, drop_bits: "int | None" = None) -> np.ndarray:
+        """All [S] decoded slots of a reply (tests: what a curious client could read).
+
+        ``drop_bits``: the reply's rounded-away bits (default ``reply_drop_bits``; 0 for the
+        calibration's untruncated replies)."""
+        if drop_bits is None:
+            drop_bits = reply_drop_bits(self.params)
         meta, blobs = base.unpack_blobs(reply, what="reply")
         if meta.get("kind") != "reply" or len(blobs) != 1:
             raise base.DeserializationError("reply: expected kind 'reply' with one ciphertext")
         if self.compact:
-            ct = self._codec.load(blobs[0], "reply", 1, False, reply_scale(self._ctx, self.params))
+            ct = self._codec.load(blobs[0], "reply", 1, False, reply_scale(self._ctx, self.params), drop_bits)
         else:
             ct = load_ciphertext(self._ctx, blobs[0], "reply")
         return np.asarray(self._encoder.decode(self._decryptor.decrypt(ct)), dtype=np.float64)
@@ -253,6 +267,9 @@ class SealProvider(base.ProviderBackend):
         self._encoder = seal.CKKSEncoder(self._ctx)
         self._query_bytes = ciphertext_bytes(self.params)
         self._sanitizer = None
+        # Rounding happens after the flood and is not part of the calibrated circuit (calibrate
+        # sets 0): it is post-processing of a reply the client may decrypt anyway.
+        self.reply_drop_bits = reply_drop_bits(self.params)
         self.compact = self.name == NAME
         if self.compact:
             from linalign.fhe import wire
@@ -333,7 +350,8 @@ class SealProvider(base.ProviderBackend):
                 out = self._apply_windowed(ct, head)
         except RuntimeError as e:  # e.g. SEAL refuses a transparent result (an all-zero head)
             raise base.FHEError(f"SEAL evaluation failed: {e}") from None
-        return base.pack_blobs({"kind": "reply"}, [self._codec.dump(out) if self.compact else out.to_string()])
+        body = self._codec.dump(out, self.reply_drop_bits) if self.compact else out.to_string()
+        return base.pack_blobs({"kind": "reply"}, [body])
 
     def _rotate(self, ct, step: int):
         try:
@@ -427,6 +445,7 @@ def calibrate(params: CKKSParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm:
     client = spec.client(d, k, params, batch=batch) if batch != 1 else spec.client(d, k, params)
     provider = spec.provider(client.public_context())
     provider._sanitizer = provider._make_sanitizer(None)  # no flood, no re-randomisation
+    provider.reply_drop_bits = 0  # the circuit's error only: rounding comes after the flood
     head = provider.prepare(v_dk, c_k)
     lay = provider.layout
     rng = np.random.default_rng(seed)
@@ -440,7 +459,9 @@ def calibrate(params: CKKSParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm:
             keep[lay.score_slots()] = True
             want = np.where(keep, want, 0.0)
         query = client.encrypt_batch(x) if batch > 1 else client.encrypt(x[0])
-        errs.append(client.decrypt_slots(provider.apply(query, head)) - want)
+        reply = provider.apply(query, head)
+        slots = client.decrypt_slots(reply, 0) if client.compact else client.decrypt_slots(reply)
+        errs.append(slots - want)
     return noise_bound(errs, policy)
 
 

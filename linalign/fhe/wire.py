@@ -13,9 +13,15 @@ expanded ciphertext, not SEAL's seeded form. This module does both itself:
   halves the upload. The NTT-form secret key comes from the key's own serialisation.
 * **Bit packing.** Each residue modulo a prime q is stored in bit_length(q) bits instead of 64
   (lossless; 50- and 60-bit primes save 22 % and 6 %).
+* **Truncated replies** (one prime only, ``dump(ct, drop_bits=t)``). The sender turns the
+  ciphertext to coefficient form and rounds every coefficient of c0 and c1 to a multiple of
+  2^t, sending bit_length(q) - t bits each. Decryption then sees m + e0 + e1 s with |e0|, |e1|
+  <= 2^(t-1) per coefficient: an error of std ~ 0.29 2^t sqrt(2N/3) per coefficient, i.e.
+  about 1900 2^t / scale per decoded slot at N = 8192. It is post-processing of what the
+  receiver may decrypt anyway (after re-randomisation and flooding): it reveals nothing more.
 
-Format: magic ``b"LCT1"`` | flags u8 (1 = seeded) | level u8 (number of primes) | scale f64 |
-[seed 32 B] | c0 packed | [c1 packed]. ``load`` checks the exact length for the expected level
+Format: magic ``b"LCT1"`` | flags u8 (1 = seeded, 2 = truncated) | level u8 (number of primes) |
+scale f64 | [seed 32 B] | [drop bits u8] | c0 packed | [c1 packed]. ``load`` checks the exact length for the expected level
 before parsing, every residue against its prime, and the scale, then rebuilds SEAL's own
 serialisation (from a template ciphertext at the same level and scale) and lets SEAL validate
 it. Every failure is a ``DeserializationError``.
@@ -35,6 +41,7 @@ MAGIC = b"LCT1"
 _HDR = struct.Struct("<4sBBd")
 SEED_BYTES = 32
 FLAG_SEEDED = 1
+FLAG_TRUNCATED = 2
 
 
 def _seal():
@@ -52,30 +59,42 @@ def packed_bytes(moduli: "list[int]", n: int) -> int:
     return sum((n * q.bit_length() + 7) // 8 for q in moduli)
 
 
-def _pack_poly(res_kn: np.ndarray, moduli: "list[int]") -> bytes:
+def _pack_poly(res_kn: np.ndarray, moduli: "list[int]", drop: int = 0) -> bytes:
     out = []
     for row, q in zip(res_kn, moduli):
-        w = q.bit_length()
+        w = q.bit_length() - drop
         bits = np.unpackbits(np.ascontiguousarray(row, dtype="<u8").view(np.uint8).reshape(-1, 8), axis=1,
                              bitorder="little")[:, :w]
         out.append(np.packbits(bits.ravel(), bitorder="little").tobytes())
     return b"".join(out)
 
 
-def _unpack_poly(data: bytes, moduli: "list[int]", n: int, what: str) -> np.ndarray:
+def _unpack_poly(data: bytes, moduli: "list[int]", n: int, what: str, drop: int = 0) -> np.ndarray:
+    """Inverse of ``_pack_poly``; with ``drop`` the values are rounded coefficients v and the
+    residues (v 2^drop) mod q come back (v <= round((q - 1) / 2^drop) is checked)."""
     out = np.empty((len(moduli), n), dtype=np.uint64)
     off = 0
     for j, q in enumerate(moduli):
-        w = q.bit_length()
+        w = q.bit_length() - drop
         nb = (n * w + 7) // 8
         bits = np.zeros((n, 64), dtype=np.uint8)
         bits[:, :w] = np.unpackbits(np.frombuffer(data, np.uint8, nb, off), bitorder="little")[: n * w].reshape(n, w)
         vals = np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(n).astype(np.uint64)
-        if np.any(vals >= np.uint64(q)):
+        top = (q - 1) >> drop  # the largest (rounded) value
+        if np.any(vals > np.uint64(top)):
             raise base.DeserializationError(f"{what}: a residue is not below its prime")
-        out[j] = vals
+        out[j] = (vals << np.uint64(drop)) % np.uint64(q) if drop else vals
         off += nb
     return out
+
+
+def _round_coeffs(res_kn: np.ndarray, moduli: "list[int]", drop: int) -> np.ndarray:
+    """Coefficients [k, n] (< q < 2^61) rounded to the nearest multiple of 2^drop, as multiples;
+    the few within 2^(drop-1) of q round down instead, so every value fits bit_length(q) - drop
+    bits (error < 2^drop there)."""
+    half = np.uint64(1 << drop >> 1)
+    tops = np.asarray([(q - 1) >> drop for q in moduli], np.uint64)[:, None]
+    return np.minimum((res_kn + half) >> np.uint64(drop), tops)
 
 
 def expand_seed(seed: bytes, moduli: "list[int]", n: int) -> np.ndarray:
@@ -165,49 +184,81 @@ class CompactCodec:
             self._parms[len(cd.parms().coeff_modulus())] = cd.parms_id()
             cd = cd.next_context_data()
 
-    def size(self, level: int, seeded: bool) -> int:
+    def size(self, level: int, seeded: bool, drop_bits: int = 0) -> int:
         """Exact bytes of a compact ciphertext with ``level`` primes."""
         moduli = moduli_at(self.ctx, self._parms[level])
+        if drop_bits:
+            return _HDR.size + 1 + 2 * sum((self.n * (q.bit_length() - drop_bits) + 7) // 8 for q in moduli)
         poly = packed_bytes(moduli, self.n)
         return _HDR.size + (SEED_BYTES + poly if seeded else 2 * poly)
 
-    def dump(self, ct) -> bytes:
-        """Unseeded compact form of a 2-polynomial ciphertext (NTT form, as CKKS keeps it)."""
+    def dump(self, ct, drop_bits: int = 0) -> bytes:
+        """Unseeded compact form of a 2-polynomial ciphertext (NTT form, as CKKS keeps it);
+        ``drop_bits`` > 0 (one prime only) rounds away that many low bits of every coefficient."""
         if ct.size() != 2 or not ct.is_ntt_form():
             raise base.FHEError("compact serialisation needs a 2-polynomial NTT-form ciphertext")
         moduli = moduli_at(self.ctx, ct.parms_id())
         k, n = len(moduli), self.n
+        if drop_bits:
+            if k != 1 or not 0 < drop_bits < moduli[0].bit_length() - 8:
+                raise base.FHEError(f"truncation needs a one-prime ciphertext and 0 < drop_bits < "
+                                    f"{moduli[0].bit_length() - 8}, got {k} primes, drop_bits={drop_bits}")
+            seal = _seal()
+            ct = seal.Ciphertext(ct)
+            self._ev.transform_from_ntt_inplace(ct)
         blob = ct.to_string()
         data = np.frombuffer(blob, np.uint64, 2 * k * n, len(blob) - 2 * k * n * 8).reshape(2, k, n)
+        if drop_bits:
+            rounded = [_round_coeffs(data[i], moduli, drop_bits) for i in (0, 1)]
+            return (_HDR.pack(MAGIC, FLAG_TRUNCATED, k, ct.scale()) + bytes([drop_bits])
+                    + _pack_poly(rounded[0], moduli, drop_bits) + _pack_poly(rounded[1], moduli, drop_bits))
         return _HDR.pack(MAGIC, 0, k, ct.scale()) + _pack_poly(data[0], moduli) + _pack_poly(data[1], moduli)
 
-    def _template(self, level: int, scale: float) -> bytes:
-        key = (level, scale)
+    def _template(self, level: int, scale: float, ntt: bool = True) -> bytes:
+        key = (level, scale, ntt)
         if key not in self._templates:
             pt = self._encoder.encode(0.0, scale)
             self._ev.mod_switch_to_inplace(pt, self._parms[level])
-            blob = self._encrypt(pt).to_string()
+            ct = self._encrypt(pt)
+            if not ntt:
+                self._ev.transform_from_ntt_inplace(ct)
+            blob = ct.to_string()
             self._templates[key] = blob[: len(blob) - 2 * level * self.n * 8]
         return self._templates[key]
 
-    def load(self, data: bytes, what: str, level: int, seeded: bool, scale: float):
-        """Parses a compact ciphertext that must have ``level`` primes, ``scale`` and the given
-        seeding; returns a seal.Ciphertext validated by SEAL."""
+    def load(self, data: bytes, what: str, level: int, seeded: bool, scale: float, drop_bits: int = 0):
+        """Parses a compact ciphertext that must have ``level`` primes, ``scale``, the given
+        seeding and truncation; returns a seal.Ciphertext (NTT form) validated by SEAL."""
         seal = _seal()
         data = bytes(data)
         if level not in self._parms:
             raise base.DeserializationError(f"{what}: no level with {level} primes")
-        want = self.size(level, seeded)
+        want = self.size(level, seeded, drop_bits)
         if len(data) != want:
             raise base.DeserializationError(f"{what}: {len(data)} bytes, a ciphertext here has {want}")
         magic, flags, k, sc = _HDR.unpack_from(data, 0)
-        if magic != MAGIC or flags != (FLAG_SEEDED if seeded else 0) or k != level:
+        expect_flags = (FLAG_SEEDED if seeded else 0) | (FLAG_TRUNCATED if drop_bits else 0)
+        if magic != MAGIC or flags != expect_flags or k != level:
             raise base.DeserializationError(f"{what}: bad header (magic {magic!r}, flags {flags}, {k} primes)")
         if sc != scale:
             raise base.DeserializationError(f"{what}: scale {sc!r} is not the expected {scale!r}")
         moduli = moduli_at(self.ctx, self._parms[level])
         off = _HDR.size
         poly = packed_bytes(moduli, self.n)
+        if drop_bits:
+            if data[off] != drop_bits:
+                raise base.DeserializationError(f"{what}: {data[off]} dropped bits, expected {drop_bits}")
+            off += 1
+            half = (len(data) - off) // 2
+            c0 = _unpack_poly(data[off: off + half], moduli, self.n, what, drop_bits)
+            c1 = _unpack_poly(data[off + half:], moduli, self.n, what, drop_bits)
+            ct = seal.Ciphertext()
+            try:
+                ct.load_bytes(self.ctx, self._template(level, scale, ntt=False) + c0.tobytes() + c1.tobytes())
+                self._ev.transform_to_ntt_inplace(ct)
+            except (RuntimeError, ValueError) as e:
+                raise base.DeserializationError(f"{what}: not a valid SEAL ciphertext ({e})") from None
+            return ct
         if seeded:
             seed = data[off : off + SEED_BYTES]
             off += SEED_BYTES
