@@ -415,12 +415,13 @@ def _markdown(infer: list[dict], fit: list[dict], meta: dict) -> str:
     bat = [r for r in infer if isinstance(r.get("batched"), dict) and "batch" in r["batched"]]
     if bat:
         out += ["", "### Batched queries (`seal`, B queries of one client per ciphertext, flooded)", "",
-                "| d | K | B | eval ms / ciphertext | eval ms / query | up KB / query | down KB / query | "
-                "keys MB | rotations / ciphertext | q/s 1 core | max err | agree |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| d | K | backend (params) | B | eval ms / ciphertext | eval ms / query | up KB / query | "
+                "down KB / query | keys MB | rotations / ciphertext | q/s 1 core | max err | agree |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in bat:
             x = r["batched"]
-            out.append(f"| {r['d']} | {r['k']} | {x['batch']} | {x['eval_ms_per_ciphertext']:.1f} | "
+            out.append(f"| {r['d']} | {r['k']} | {r['backend']} ({r['params']}) | {x['batch']} | "
+                       f"{x['eval_ms_per_ciphertext']:.1f} | "
                        f"{x['eval_ms_per_ciphertext'] / x['batch']:.1f} | {x['up_bytes_per_query'] / 1e3:.1f} | "
                        f"{x['down_bytes_per_query'] / 1e3:.1f} | {x['eval_key_bytes'] / 1e6:.2f} | {x['rotations']} | "
                        f"{x['throughput_qps_1core']:.0f} | {x['max_abs_err_vs_plain']:.1e} | {x['argmax_agreement']:.3f} |")
