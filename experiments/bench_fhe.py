@@ -491,7 +491,9 @@ def _plot(infer: list[dict], path: pathlib.Path) -> None:
             if not pts:
                 continue
             ds = [p[0] for p in pts]
-            flooded = "" if not name.startswith("seal") else (" flooded" if pts[0][1].get("sanitised") else " unflooded")
+            states = {bool(p[1].get("sanitised")) for p in pts}
+            flooded = "" if not name.startswith("seal") else (
+                " flooded" if states == {True} else " unflooded" if states == {False} else " flooded where it can")
             kw = dict(color=color, marker="o", label=f"{name}{flooded}, K={k}")
             axes[0].plot(ds, [p[1]["eval_ms"] for p in pts], style, **kw)
             axes[1].plot(ds, [(p[1]["up_bytes"] + p[1]["down_bytes"]) / 1e3 for p in pts], style, **kw)
