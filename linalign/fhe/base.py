@@ -193,6 +193,7 @@ class ClientBackend(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    batch: int = 1  # queries per ciphertext (``encrypt_batch``); backends that batch set it
 
     def __init__(self, d_in: int, k_out: int, params: "str | CKKSParams | None" = None):
         if int(d_in) < 1 or int(k_out) < 1:
@@ -272,6 +273,11 @@ class ProviderBackend(abc.ABC):
     def linear(self, query: bytes, v_dk: np.ndarray, c_k: np.ndarray) -> bytes:
         """Enc(x) -> Enc(x V + c); prepares the head on every call (use prepare/apply to reuse)."""
         return self.apply(query, self.prepare(v_dk, c_k))
+
+    @property
+    def queries_per_message(self) -> int:
+        """Queries one query blob carries (the client's ``batch``; budgets count these)."""
+        return 1
 
 
 @dataclasses.dataclass(frozen=True)

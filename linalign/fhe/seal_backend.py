@@ -54,6 +54,12 @@ def input_shift_bits(params: CKKSParams) -> int:
     return max(0, min(8, params.scale_bits - 30))
 
 
+def query_scale(params: CKKSParams, layout) -> float:
+    """The query's encoding scale: 2^(scale + input_shift_bits) for the replicated layout."""
+    shift = input_shift_bits(params) if isinstance(layout, ReplicatedLayout) else 0
+    return 2.0 ** (params.scale_bits + shift)
+
+
 def reply_drop_bits(params: CKKSParams) -> int:
     """Low bits of every reply coefficient the provider rounds away (``wire``, one prime).
 
@@ -138,7 +144,7 @@ class SealClient(base.ClientBackend):
             self.layout = _layout(self.name, self.d_in, self.k_out, self.params.slots, batch)
         except ValueError as e:
             raise base.FHEError(str(e)) from None
-        self.batch = int(batch)
+        self.batch = getattr(self.layout, "batch", 1)  # PackedLayout (seal-v1): one
         self._ctx = make_context(self.params)
         keygen = seal.KeyGenerator(self._ctx)
         self._secret_key = keygen.secret_key()
@@ -195,8 +201,7 @@ class SealClient(base.ClientBackend):
         return self._encrypt_slots(self.layout.replicate(x))
 
     def _encrypt_slots(self, z_s: np.ndarray) -> bytes:
-        shift = input_shift_bits(self.params) if isinstance(self.layout, ReplicatedLayout) else 0
-        pt = self._encoder.encode(z_s, 2.0 ** (self.params.scale_bits + shift))
+        pt = self._encoder.encode(z_s, query_scale(self.params, self.layout))
         if self.compact:
             return base.pack_blobs({"kind": "query"}, [self._seeded.encrypt(pt)])
         ct = self._encryptor.encrypt_symmetric(pt)
@@ -305,6 +310,10 @@ class SealProvider(base.ProviderBackend):
         return self._make_sanitizer(None).headroom_bits
 
     @property
+    def queries_per_message(self) -> int:
+        return getattr(self.layout, "batch", 1)  # PackedLayout (seal-v1): one
+
+    @property
     def replicas(self) -> int:
         """Copies of each score the client averages (1 for seal-v1)."""
         return getattr(self.layout, "replicas", 1)
@@ -334,8 +343,7 @@ class SealProvider(base.ProviderBackend):
             raise base.DeserializationError("query: expected kind 'query' with one ciphertext")
         top = len(self.params.coeff_mod_bit_sizes) - 1
         if self.compact:
-            return self._codec.load(blobs[0], "query", top, True,
-                                    2.0 ** (self.params.scale_bits + input_shift_bits(self.params)))
+            return self._codec.load(blobs[0], "query", top, True, query_scale(self.params, self.layout))
         ct = load_ciphertext(self._ctx, blobs[0], "query", self._query_bytes)
         if ct.coeff_modulus_size() != top:
             raise base.DeserializationError("query: ciphertext is not at the top level")
@@ -460,8 +468,7 @@ def calibrate(params: CKKSParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm:
             want = np.where(keep, want, 0.0)
         query = client.encrypt_batch(x) if batch > 1 else client.encrypt(x[0])
         reply = provider.apply(query, head)
-        slots = client.decrypt_slots(reply, 0) if client.compact else client.decrypt_slots(reply)
-        errs.append(slots - want)
+        errs.append(client.decrypt_slots(reply, 0) - want)  # 0: the reply is not rounded here
     return noise_bound(errs, policy)
 
 

@@ -54,9 +54,10 @@ def moduli_at(ctx, parms_id) -> "list[int]":
     return [m.value() for m in ctx.get_context_data(parms_id).parms().coeff_modulus()]
 
 
-def packed_bytes(moduli: "list[int]", n: int) -> int:
-    """Bytes of one polynomial over ``moduli`` with n coefficients, bit-packed."""
-    return sum((n * q.bit_length() + 7) // 8 for q in moduli)
+def packed_bytes(moduli: "list[int]", n: int, drop: int = 0) -> int:
+    """Bytes of one polynomial over ``moduli`` with n coefficients, bit-packed (``drop`` low
+    bits of each rounded away)."""
+    return sum((n * (q.bit_length() - drop) + 7) // 8 for q in moduli)
 
 
 def _pack_poly(res_kn: np.ndarray, moduli: "list[int]", drop: int = 0) -> bytes:
@@ -188,7 +189,9 @@ class CompactCodec:
         """Exact bytes of a compact ciphertext with ``level`` primes."""
         moduli = moduli_at(self.ctx, self._parms[level])
         if drop_bits:
-            return _HDR.size + 1 + 2 * sum((self.n * (q.bit_length() - drop_bits) + 7) // 8 for q in moduli)
+            if seeded:
+                raise base.FHEError("rounded ciphertexts are sent whole, never seeded")
+            return _HDR.size + 1 + 2 * packed_bytes(moduli, self.n, drop_bits)
         poly = packed_bytes(moduli, self.n)
         return _HDR.size + (SEED_BYTES + poly if seeded else 2 * poly)
 
@@ -244,32 +247,25 @@ class CompactCodec:
             raise base.DeserializationError(f"{what}: scale {sc!r} is not the expected {scale!r}")
         moduli = moduli_at(self.ctx, self._parms[level])
         off = _HDR.size
-        poly = packed_bytes(moduli, self.n)
         if drop_bits:
             if data[off] != drop_bits:
                 raise base.DeserializationError(f"{what}: {data[off]} dropped bits, expected {drop_bits}")
             off += 1
-            half = (len(data) - off) // 2
-            c0 = _unpack_poly(data[off: off + half], moduli, self.n, what, drop_bits)
-            c1 = _unpack_poly(data[off + half:], moduli, self.n, what, drop_bits)
-            ct = seal.Ciphertext()
-            try:
-                ct.load_bytes(self.ctx, self._template(level, scale, ntt=False) + c0.tobytes() + c1.tobytes())
-                self._ev.transform_to_ntt_inplace(ct)
-            except (RuntimeError, ValueError) as e:
-                raise base.DeserializationError(f"{what}: not a valid SEAL ciphertext ({e})") from None
-            return ct
+        poly = packed_bytes(moduli, self.n, drop_bits)
         if seeded:
             seed = data[off : off + SEED_BYTES]
             off += SEED_BYTES
             c0 = _unpack_poly(data[off : off + poly], moduli, self.n, what)
             c1 = expand_seed(seed, moduli, self.n)
         else:
-            c0 = _unpack_poly(data[off : off + poly], moduli, self.n, what)
-            c1 = _unpack_poly(data[off + poly : off + 2 * poly], moduli, self.n, what)
+            c0 = _unpack_poly(data[off : off + poly], moduli, self.n, what, drop_bits)
+            c1 = _unpack_poly(data[off + poly : off + 2 * poly], moduli, self.n, what, drop_bits)
         ct = seal.Ciphertext()
         try:
-            ct.load_bytes(self.ctx, self._template(level, scale) + c0.tobytes() + c1.tobytes())
+            # Rounded replies travel in coefficient form (the rounding is there): back to NTT.
+            ct.load_bytes(self.ctx, self._template(level, scale, ntt=not drop_bits) + c0.tobytes() + c1.tobytes())
+            if drop_bits:
+                self._ev.transform_to_ntt_inplace(ct)
         except (RuntimeError, ValueError) as e:
             raise base.DeserializationError(f"{what}: not a valid SEAL ciphertext ({e})") from None
         return ct

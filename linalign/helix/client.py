@@ -146,7 +146,6 @@ class HelixClient:
         ``batch`` (each group counts ``batch`` queries against the provider's budget)."""
         options = {"batch": int(batch)} if batch != 1 else {}
         self._backend = base.make_client(backend, d, k, params, **options)
-        self._batch = int(batch)
         msg, up, down = self._call(M.MsgType.INFER_SETUP, M.MsgType.READY, blobs=[self._backend.public_context()])
         try:
             self._announced = {key: float(msg.meta[key]) for key in ("head_scale", "score_bound", "input_norm",
@@ -185,7 +184,7 @@ class HelixClient:
         limit = a["score_bound"] + 8 * a["flood_std"] + 1e-9
         out = np.empty((z.shape[0], self._backend.k_out))
         t0 = time.perf_counter()
-        step = getattr(self, "_batch", 1)
+        step = self._backend.batch
         for i in range(0, len(z), step):
             rows = z[i:i + step]
             try:

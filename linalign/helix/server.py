@@ -200,7 +200,7 @@ class Server:
                                 f"replies ({e}); use the n8192 or n16384 preset") from None
         scale, score_bound = head_scale(self.input_norm, b.v_dk, b.c_k, headroom)
         v, c = b.v_dk * scale, b.c_k * scale
-        batch = getattr(provider.layout, "batch", 1)  # the bound is the circuit's: batched contexts differ
+        batch = provider.queries_per_message  # the bound is the circuit's: batched contexts differ
         key = json.dumps([provider.params.to_dict(), batch], sort_keys=True)
         with self._cache_lock:
             if key not in self._infer_bounds:

@@ -74,7 +74,7 @@ class Session:
                 raise M.ProtocolError("QUERY before INFER_SETUP")
             blob = self._one_blob(msg, "QUERY")
             # A batched context carries B queries per ciphertext: the budget counts queries.
-            self.server.budget.spend(self.identity, "query", getattr(getattr(self.provider, "layout", None), "batch", 1))
+            self.server.budget.spend(self.identity, "query", self.provider.queries_per_message)
             return [(M.MsgType.RESULT, {}, [self._run(self.provider.apply, blob, self.head)])]
         if t == M.MsgType.FIT_SETUP:
             return self._fit_setup(msg)
