@@ -75,26 +75,24 @@ def run_controls(cfg, m: str, data, lays, rows, native, prompts, emb_native) -> 
     out = {"model": C.short(m), "n_prompts_identity": ki, "perturbed": []}
     d = z.shape[1]
     ident = (np.eye(d, dtype=np.float32), np.zeros(d, np.float32))
-    gens = cross_all(model, model, ident, prompts[:ki], cfg.max_new_tokens)
-    emb = encode_texts(cfg, [g.text for g in gens])
-    out["identity"] = {"heldout_r2": 1.0,
-                       "teacher_forced": teacher_forced(native_top1, native_top1, pairs.next_a[held]),
-                       "generation": gen_measures(gens, native[:ki], native[:ki], emb, emb_native[:ki],
-                                                  emb_native[:ki])}
-    gens = cross_all(model, model, ident, prompts[:ki], cfg.max_new_tokens, retokenize=True)
-    emb = encode_texts(cfg, [g.text for g in gens])
-    out["identity_retokenized"] = {
-        "heldout_r2": 1.0, "teacher_forced": out["identity"]["teacher_forced"],
-        "generation": gen_measures(gens, native[:ki], native[:ki], emb, emb_native[:ki], emb_native[:ki])}
+
+    def generated(amap, k: int, retokenize=None) -> dict:
+        """Greedy cross decoding of the first k prompts through ``amap``, against the natives."""
+        gens = cross_all(model, model, amap, prompts[:k], cfg.max_new_tokens, retokenize=retokenize)
+        emb = encode_texts(cfg, [g.text for g in gens])
+        return gen_measures(gens, native[:k], native[:k], emb, emb_native[:k], emb_native[:k])
+
+    tf_identity = teacher_forced(native_top1, native_top1, pairs.next_a[held])
+    out["identity"] = {"heldout_r2": 1.0, "teacher_forced": tf_identity, "generation": generated(ident, ki)}
+    out["identity_retokenized"] = {"heldout_r2": 1.0, "teacher_forced": tf_identity,
+                                   "generation": generated(ident, ki, retokenize=True)}
     k = min(N_CONTROL_PROMPTS, len(prompts))
     out["n_prompts_perturbed"] = k
     for deg, sig in LEVELS:
         w, b = perturbed_map(mu, deg, sig, seed=cfg.seed)
         zz = z[held] @ w + b
-        gens = cross_all(model, model, (w, b), prompts[:k], cfg.max_new_tokens)
-        emb = encode_texts(cfg, [g.text for g in gens])
         out["perturbed"].append({
             "degrees": deg, "sigma": sig, "heldout_r2": C.r2(zz, z[held]),
             "teacher_forced": teacher_forced(native_top1, top1(zz), pairs.next_a[held]),
-            "generation": gen_measures(gens, native[:k], native[:k], emb, emb_native[:k], emb_native[:k])})
+            "generation": generated((w, b), k)})
     return out
