@@ -19,6 +19,7 @@ Backends register under a name:
   "tenseal-dot"  TenSEAL, one ``dot`` per class (the paper's baseline): 1 ct up, K down.
   "tenseal"      TenSEAL, packed: all K scores in one ciphertext up and one down.
   "seal"         Microsoft SEAL (seal-python), packed with only the rotations it needs.
+  "seal-coeff"   SEAL with coefficient encoding: no rotation, no Galois key, N=4096.
 
 Usage:
 
@@ -295,6 +296,7 @@ _LAZY: dict[str, str] = {
     "tenseal": "linalign.fhe.tenseal_backend",
     "seal": "linalign.fhe.seal_backend",
     "seal-v1": "linalign.fhe.seal_backend",
+    "seal-coeff": "linalign.fhe.coeff_backend",
 }
 
 

@@ -285,3 +285,129 @@ class ReplicatedLayout:
     def simulate(self, x: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
         return self.scores(self.simulate_slots(x, v_dk, c_k), None if x.ndim == 1 else len(x))
+
+
+def negacyclic(a_n: np.ndarray, b_n: np.ndarray) -> np.ndarray:
+    """a(X) b(X) mod X^N + 1 for coefficient vectors [N] (float64 or object ints)."""
+    n = len(a_n)
+    full = np.convolve(a_n, b_n)
+    out = full[:n].copy()
+    out[: len(full) - n] -= full[n:]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CoefficientLayout:
+    """Rotation-free layout for coefficient encoding (backend ``seal-coeff``).
+
+    The query z [d] is cut into Q chunks of ``chunk`` = ceil(d / Q) entries; chunk q is the
+    polynomial z_q(X) = sum_i z[q chunk + i] X^i. The head's columns are grouped m =
+    floor(N / chunk) at a time into G = ceil(K / m) groups; for chunk q and group g the
+    provider's plaintext is
+
+        W_qg(X) = sum_{c < m} sum_{i < chunk} V[q chunk + i, g m + c] X^(c chunk + chunk - 1 - i),
+
+    and reply g is y_g = sum_q z_q W_qg (mod X^N + 1). Its coefficient at c chunk + chunk - 1 is
+    sum_{q, i} z[q chunk + i] V[q chunk + i, g m + c], score g m + c: a product term
+    z_i W_j lands there iff i + j = c chunk + chunk - 1, and with i < chunk and j of the form
+    c' chunk + chunk - 1 - i' that forces c' = c, i' = i. The degree of z_q W_qg is below
+    (m + 1) chunk - 1 < N + chunk - 1, so the negacyclic wrap only reaches coefficients below
+    chunk - 1, never a score position. The other coefficients hold partial sums of V and are
+    never sent (``wire.SparseReply``).
+
+    Cost per query: Q G plaintext multiplies, no rotation, no Galois key. ``make`` picks Q to
+    minimise the bytes of Q query ciphertexts plus G replies.
+
+    Attributes:
+      d, k, n: query dimension, scores, ring dimension N.
+      chunk: entries of z per query polynomial.
+      cols: m, columns of V per reply polynomial.
+    """
+
+    d: int
+    k: int
+    n: int
+    chunk: int
+    cols: int
+
+    @classmethod
+    def make(cls, d: int, k: int, n: int, query_bytes: int = 1, reply_bytes: int = 1) -> "CoefficientLayout":
+        """The layout with the fewest bytes per query (then the fewest multiplies).
+
+        Args:
+          query_bytes, reply_bytes: bytes of one query and one reply polynomial.
+        """
+        if min(d, k, n) < 1:
+            raise ValueError(f"d, K and N must be positive, got d={d}, K={k}, N={n}")
+        best = None
+        for q in range(-(-d // n), d + 1):
+            chunk = -(-d // q)
+            if -(-d // chunk) != q:
+                continue  # same chunk as a smaller q
+            cols = n // chunk
+            g = -(-k // cols)
+            key = (q * query_bytes + g * reply_bytes, q * g)
+            if best is None or key < best[0]:
+                best = (key, chunk, cols)
+            if cols >= k:
+                break  # more chunks only add query bytes
+        return cls(d, k, n, best[1], best[2])
+
+    @property
+    def queries(self) -> int:
+        """Q, query polynomials (ciphertexts) per query."""
+        return -(-self.d // self.chunk)
+
+    @property
+    def replies(self) -> int:
+        """G, reply polynomials (ciphertexts) per query."""
+        return -(-self.k // self.cols)
+
+    @property
+    def multiplies(self) -> int:
+        return self.queries * self.replies
+
+    def positions(self, g: int) -> np.ndarray:
+        """Coefficient positions of reply g's scores g m + c, c < m (fewer in the last group)."""
+        cols = min(self.cols, self.k - g * self.cols)
+        return np.arange(cols) * self.chunk + self.chunk - 1
+
+    def query_coeffs(self, x_d: np.ndarray) -> np.ndarray:
+        """[Q, N] coefficients of the query polynomials (unscaled)."""
+        x = np.asarray(x_d, np.float64)
+        if x.shape != (self.d,):
+            raise ValueError(f"query must have shape ({self.d},), got {x.shape}")
+        out = np.zeros((self.queries, self.n))
+        pad = np.zeros(self.queries * self.chunk)
+        pad[: self.d] = x
+        out[:, : self.chunk] = pad.reshape(self.queries, self.chunk)
+        return out
+
+    def head_coeffs(self, v_dk: np.ndarray) -> np.ndarray:
+        """[Q, G, N] coefficients of the plaintexts W_qg (unscaled)."""
+        v = np.zeros((self.queries * self.chunk, self.replies * self.cols))
+        v[: self.d, : self.k] = np.asarray(v_dk, np.float64)
+        out = np.zeros((self.queries, self.replies, self.n))
+        rev = np.arange(self.chunk)[::-1]  # row i of a chunk goes to offset chunk - 1 - i
+        for q in range(self.queries):
+            rows = v[q * self.chunk : (q + 1) * self.chunk]
+            for g in range(self.replies):
+                for c in range(self.cols):
+                    out[q, g, c * self.chunk + rev] = rows[:, g * self.cols + c]
+        return out
+
+    def scores(self, coeffs_gn: np.ndarray) -> np.ndarray:
+        """[G, N] reply coefficients (or [G, m] at ``positions``) -> [K] scores."""
+        c = np.asarray(coeffs_gn)
+        if c.shape[-1] == self.n:
+            return np.concatenate([c[g, self.positions(g)] for g in range(self.replies)])
+        return np.concatenate([c[g, : len(self.positions(g))] for g in range(self.replies)])
+
+    def simulate_coeffs(self, x_d: np.ndarray, v_dk: np.ndarray) -> np.ndarray:
+        """Plaintext replay: [G, N] coefficients of every reply polynomial (bias excluded)."""
+        z, w = self.query_coeffs(x_d), self.head_coeffs(v_dk)
+        return np.stack([sum(negacyclic(z[q], w[q, g]) for q in range(self.queries))
+                         for g in range(self.replies)])
+
+    def simulate(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
+        return self.scores(self.simulate_coeffs(x_d, v_dk)) + np.asarray(c_k, np.float64)

@@ -205,3 +205,99 @@ def get_fit_params(name_or_params: "str | CKKSParams | None") -> CKKSParams:
 def get_params(name_or_params: "str | CKKSParams | None") -> CKKSParams:
     """Resolves a preset name (or passes a CKKSParams through) and checks it."""
     return _resolve(name_or_params, PRESETS, DEFAULT, "CKKS preset")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoeffParams:
+    """A coefficient-encoding parameter set (backend ``seal-coeff``, ``linalign.fhe.coeff_backend``).
+
+    The query's entries are the coefficients of a polynomial at scale 2^query_scale_bits, the
+    head's at 2^head_scale_bits; one ciphertext x plaintext product (no rescale, no rotation,
+    hence no key switching and no special prime) leaves every score in one coefficient at
+    scale 2^(query_scale_bits + head_scale_bits), under one prime of ``prime_bits``.
+
+    Attributes:
+      poly_modulus_degree: ring dimension N.
+      prime_bits: the one RNS prime's width (SEAL allows at most 60).
+      query_scale_bits, head_scale_bits: log2 of the two encoding scales.
+    """
+
+    poly_modulus_degree: int
+    prime_bits: int
+    query_scale_bits: int
+    head_scale_bits: int
+
+    @property
+    def coeff_mod_bit_sizes(self) -> "tuple[int, ...]":
+        return (self.prime_bits,)
+
+    @property
+    def log_q(self) -> int:
+        return self.prime_bits
+
+    @property
+    def product_scale_bits(self) -> int:
+        return self.query_scale_bits + self.head_scale_bits
+
+    @property
+    def headroom_bits(self) -> int:
+        """log2 of the largest |score| a reply coefficient holds (q / 2 over the product scale)."""
+        return self.prime_bits - 1 - self.product_scale_bits
+
+    def check(self) -> "CoeffParams":
+        n = self.poly_modulus_degree
+        if n not in HE_STANDARD_MAX_LOGQ_128:
+            raise InsecureParamsError(
+                f"poly_modulus_degree {n} is not in the 128-bit table {sorted(HE_STANDARD_MAX_LOGQ_128)}")
+        bound = HE_STANDARD_MAX_LOGQ_128[n]
+        if self.prime_bits > bound:
+            raise InsecureParamsError(
+                f"a {self.prime_bits}-bit modulus exceeds the {bound} bits allowed at N={n} for 128-bit security")
+        if not 20 <= self.prime_bits <= 60:
+            raise InsecureParamsError(f"prime_bits must be in [20, 60], got {self.prime_bits}")
+        if min(self.query_scale_bits, self.head_scale_bits) < 8:
+            raise InsecureParamsError(
+                f"scales 2^{self.query_scale_bits} (query) and 2^{self.head_scale_bits} (head) are below 2^8")
+        if self.headroom_bits < 4:
+            raise InsecureParamsError(
+                f"a {self.prime_bits}-bit prime leaves {self.headroom_bits} bits above the product scale "
+                f"2^{self.product_scale_bits}; scores would wrap")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "CoeffParams":
+        """Parses untrusted parameters (ints only, known fields only)."""
+        if not isinstance(d, Mapping):
+            raise InsecureParamsError(f"parameters must be an object, got {type(d).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if set(d) != set(fields):
+            raise InsecureParamsError(f"parameters must have exactly the fields {fields}, got {sorted(d)}")
+        for key in fields:
+            v = d[key]
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 1 << 20:
+                raise InsecureParamsError(f"parameter {key}={v!r} is not an int in [1, 2^20]")
+        return cls(**{k: d[k] for k in fields}).check()
+
+
+# Coefficient encoding at N = 4096: one 60-bit prime (of the 109 bits the table allows), the
+# query at 2^36, the head at 2^14 (relative rounding 2^-15 per entry), scores at 2^50 with 9
+# bits of headroom (|score| < 512). The fresh-encryption noise times the head is ~1e-10 of a
+# score, so a flood at lambda_s = 12 stays ~1e-5 (docs/notes/helix.md). Any d: the query is
+# cut into chunks of at most N coefficients (``packing.CoefficientLayout``).
+C4096 = CoeffParams(4096, 60, 36, 14).check()
+COEFF_PRESETS: Mapping[str, CoeffParams] = {"c4096": C4096}
+COEFF_DEFAULT = C4096
+
+
+def get_coeff_params(name_or_params: "str | CoeffParams | None") -> CoeffParams:
+    """A coefficient-encoding preset by name (``COEFF_PRESETS``), or a CoeffParams checked."""
+    if name_or_params is None:
+        return COEFF_DEFAULT
+    if isinstance(name_or_params, CoeffParams):
+        return name_or_params.check()
+    if name_or_params not in COEFF_PRESETS:
+        raise InsecureParamsError(f"unknown coefficient preset {name_or_params!r}; known {sorted(COEFF_PRESETS)}")
+    return COEFF_PRESETS[name_or_params]

@@ -281,6 +281,10 @@ class SealProvider(base.ProviderBackend):
 
             self._codec = wire.CompactCodec(self._ctx, seal.Encryptor(self._ctx, self._public_key).encrypt)
 
+    def calibrate(self, v_dk, c_k, input_norm: float, policy, trials: int = 3, seed: int = 0) -> float:
+        """B for this head and this provider's circuit (``calibrate`` with its backend and batch)."""
+        return calibrate(self.params, v_dk, c_k, input_norm, policy, trials, seed, self.name, self.queries_per_message)
+
     def enable_privacy(self, bound_value: float, policy) -> float:
         """Every later reply is re-randomised (and, for seal-v1, masked) and flooded; returns
         the decoded flood std per slot.

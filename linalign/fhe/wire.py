@@ -269,3 +269,125 @@ class CompactCodec:
         except (RuntimeError, ValueError) as e:
             raise base.DeserializationError(f"{what}: not a valid SEAL ciphertext ({e})") from None
         return ct
+
+
+# -- coefficient encoding (backend ``seal-coeff``) ---------------------------------------------
+
+SPARSE_MAGIC = b"LCS1"
+_SPARSE_HDR = struct.Struct("<4sBBHd")  # magic, drop bits, polynomials, scores, scale
+
+
+class PolyTransform:
+    """Moves integer polynomials between coefficient and NTT form with SEAL's own NTT, and makes
+    NTT-form plaintexts from coefficients (CKKS keeps plaintexts in NTT form; ``CKKSEncoder``
+    only encodes slots).
+
+    SEAL exposes the NTT only on ciphertexts, and refuses a transparent one (c1 = 0), so the
+    polynomial rides as c0 of a ciphertext whose c1 is the constant 1.
+
+    Args:
+      codec: a ``CompactCodec`` of the context (its template ciphertexts are reused).
+    """
+
+    def __init__(self, codec: "CompactCodec"):
+        seal = _seal()
+        self.codec, self.ctx, self.n = codec, codec.ctx, codec.n
+        self._encoder = seal.CKKSEncoder(self.ctx)
+        self._ev = seal.Evaluator(self.ctx)
+        self._plain_heads: dict = {}
+
+    def _swap(self, res_kn: np.ndarray, level: int, to_ntt: bool) -> np.ndarray:
+        seal = _seal()
+        res = np.ascontiguousarray(res_kn, dtype=np.uint64).reshape(level, self.n)
+        one = np.zeros((level, self.n), np.uint64)
+        one[:, 0] = 1  # the constant 1 is its own NTT: all ones
+        if not to_ntt:
+            one[:] = 1
+        ct = seal.Ciphertext()
+        ct.load_bytes(self.ctx, self.codec._template(level, 1.0, ntt=not to_ntt) + res.tobytes() + one.tobytes())
+        if to_ntt:
+            self._ev.transform_to_ntt_inplace(ct)
+        else:
+            self._ev.transform_from_ntt_inplace(ct)
+        blob = ct.to_string()
+        k = level
+        return np.frombuffer(blob, np.uint64, k * self.n, len(blob) - 2 * k * self.n * 8).reshape(k, self.n).copy()
+
+    def to_ntt(self, res_kn: np.ndarray, level: int) -> np.ndarray:
+        return self._swap(res_kn, level, True)
+
+    def from_ntt(self, res_kn: np.ndarray, level: int) -> np.ndarray:
+        return self._swap(res_kn, level, False)
+
+    def plaintext(self, coeffs: np.ndarray, scale: float, level: int):
+        """NTT-form seal.Plaintext at ``level`` primes whose polynomial has the given integer
+        coefficients [N] (int64, |c| < q / 2) and whose scale is ``scale``."""
+        seal = _seal()
+        moduli = moduli_at(self.ctx, self.codec._parms[level])
+        c = np.asarray(coeffs, np.int64)
+        res = np.stack([np.mod(c, np.int64(q)).astype(np.uint64) for q in moduli])
+        key = (level, scale)
+        if key not in self._plain_heads:
+            pt = self._encoder.encode(0.0, scale)
+            self._ev.mod_switch_to_inplace(pt, self.codec._parms[level])
+            blob = pt.to_bytes()
+            self._plain_heads[key] = blob[: len(blob) - level * self.n * 8]
+        pt = seal.Plaintext()
+        pt.load_bytes(self.ctx, self._plain_heads[key] + self.to_ntt(res, level).tobytes())
+        return pt
+
+
+def sparse_reply_bytes(q: int, n: int, counts: "list[int]", drop_bits: int) -> int:
+    """Exact bytes of a ``dump_sparse`` reply: per polynomial, its scores' c0 coefficients at
+    full width and all of c1 rounded by ``drop_bits``."""
+    w = q.bit_length()
+    return _SPARSE_HDR.size + sum((c * w + 7) // 8 + (n * (w - drop_bits) + 7) // 8 for c in counts)
+
+
+def dump_sparse(c0_coeffs: "list[np.ndarray]", c1_coeffs: "list[np.ndarray]", q: int, scale: float,
+                drop_bits: int) -> bytes:
+    """A coefficient-encoded reply: for each polynomial g, c0 only at its score positions
+    (``c0_coeffs[g]``, residues < q) and the whole of c1 (``c1_coeffs[g]`` [N]) rounded to a
+    multiple of 2^drop_bits. The other c0 coefficients (partial sums of the head) never leave."""
+    if not 0 <= drop_bits < q.bit_length() - 8:
+        raise base.FHEError(f"drop_bits must be in [0, {q.bit_length() - 8}), got {drop_bits}")
+    parts = [_SPARSE_HDR.pack(SPARSE_MAGIC, drop_bits, len(c0_coeffs), sum(len(c) for c in c0_coeffs), scale)]
+    for c0, c1 in zip(c0_coeffs, c1_coeffs):
+        parts.append(_pack_poly(np.asarray(c0, np.uint64)[None], [q]))
+        parts.append(_pack_poly(_round_coeffs(np.asarray(c1, np.uint64)[None], [q], drop_bits), [q], drop_bits))
+    return b"".join(parts)
+
+
+def load_sparse(data: bytes, what: str, q: int, n: int, counts: "list[int]", scale: float,
+                drop_bits: int) -> "list[tuple[np.ndarray, np.ndarray]]":
+    """Parses ``dump_sparse``: the exact length, header, scale and every residue are checked.
+
+    Returns:
+      per polynomial (c0 at its score positions [count] as residues, c1 [N] as rounded values
+      r, standing for r 2^drop_bits).
+    """
+    data = bytes(data)
+    want = sparse_reply_bytes(q, n, counts, drop_bits)
+    if len(data) != want:
+        raise base.DeserializationError(f"{what}: {len(data)} bytes, a reply here has {want}")
+    magic, drop, polys, scores, sc = _SPARSE_HDR.unpack_from(data, 0)
+    if magic != SPARSE_MAGIC or drop != drop_bits or polys != len(counts) or scores != sum(counts):
+        raise base.DeserializationError(f"{what}: bad header (magic {magic!r}, {drop} dropped bits, "
+                                        f"{polys} polynomials, {scores} scores)")
+    if sc != scale:
+        raise base.DeserializationError(f"{what}: scale {sc!r} is not the expected {scale!r}")
+    out, off, w = [], _SPARSE_HDR.size, q.bit_length()
+    for count in counts:
+        nb0 = (count * w + 7) // 8
+        c0 = _unpack_poly(data[off : off + nb0], [q], count, what)[0]
+        off += nb0
+        nb1 = (n * (w - drop_bits) + 7) // 8
+        bits = np.zeros((n, 64), dtype=np.uint8)
+        bits[:, : w - drop_bits] = np.unpackbits(np.frombuffer(data, np.uint8, nb1, off),
+                                                 bitorder="little")[: n * (w - drop_bits)].reshape(n, -1)
+        c1 = np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(n).astype(np.uint64)
+        if np.any(c1 > np.uint64((q - 1) >> drop_bits)):
+            raise base.DeserializationError(f"{what}: a rounded coefficient is not below its prime")
+        off += nb1
+        out.append((c0, c1))
+    return out

@@ -185,8 +185,6 @@ class Server:
 
     # -- heavy work, run on the pool ---------------------------------------------------------
     def prepare_inference(self, ctx_bytes: bytes):
-        from linalign.fhe import seal_backend
-
         b = self.bundle
         provider = base.make_provider(ctx_bytes)
         if provider.is_private():
@@ -197,15 +195,14 @@ class Server:
             headroom = provider.reply_headroom_bits
         except base.FHEError as e:
             raise base.FHEError(f"parameters {provider.params.coeff_mod_bit_sizes} cannot carry circuit-private "
-                                f"replies ({e}); use the n8192 or n16384 preset") from None
+                                f"replies ({e}); use seal-coeff, or seal with the n8192 or n16384 preset") from None
         scale, score_bound = head_scale(self.input_norm, b.v_dk, b.c_k, headroom)
         v, c = b.v_dk * scale, b.c_k * scale
         batch = provider.queries_per_message  # the bound is the circuit's: batched contexts differ
-        key = json.dumps([provider.params.to_dict(), batch], sort_keys=True)
+        key = json.dumps([provider.name, provider.params.to_dict(), batch], sort_keys=True)
         with self._cache_lock:
             if key not in self._infer_bounds:
-                self._infer_bounds[key] = seal_backend.calibrate(provider.params, v, c, self.input_norm, self.policy,
-                                                                 batch=batch)
+                self._infer_bounds[key] = provider.calibrate(v, c, self.input_norm, self.policy)
             bound = self._infer_bounds[key]
         std = provider.enable_privacy(bound, self.policy)
         head = provider.prepare(v, c)

@@ -25,7 +25,7 @@ from linalign.fhe import base
 from linalign.helix import messages as M
 from linalign.helix import security as S
 
-SERVED_BACKENDS = ("seal",)  # the backend whose replies are sanitised (linalign.fhe.privacy)
+SERVED_BACKENDS = ("seal", "seal-coeff")  # the backends whose replies are sanitised (linalign.fhe.privacy)
 SCORE_TARGET_BITS = 3  # scaled |score| <= 2^(reply headroom - 3)
 
 

@@ -48,6 +48,21 @@ def test_fit_and_query_match_plaintext(server):
         assert (cl.stats.query_up + cl.stats.query_down) / 50 < 1_000_000
 
 
+def test_coefficient_backend_served(server):
+    """``seal-coeff`` end to end: no Galois keys in the setup, flooded replies within 6 std."""
+    proc, port = server
+    z_b, z_a, v, c = make_data()
+    x = z_a[N_PUBLIC:N_PUBLIC + 20]
+    with HelixClient(port) as cl:
+        cl.setup_inference(D_A, K, "seal-coeff")
+        scores = cl.query(x)
+        std = cl.announced["flood_std"] / cl.announced["head_scale"]
+        assert 0 < std < 1e-3
+        np.testing.assert_allclose(scores, x @ v + c, rtol=0, atol=6 * std + 1e-4)
+        assert cl.stats.setup_up < 100_000  # the public key alone
+        assert (cl.stats.query_up + cl.stats.query_down) / 20 < 50_000
+
+
 def _raw(port, data: bytes, read=True):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
