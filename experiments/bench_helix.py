@@ -26,8 +26,8 @@ from linalign.fhe import base
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "infer", ["infer", "fit"], "What to measure.")
 flags.DEFINE_list("shapes", ["576x5", "768x16"], "d x K shapes for inference.")
-flags.DEFINE_list("backends", ["tenseal-dot", "seal-v1", "seal"], "Backends for inference (seal-v1: the "
-                  "previous packed layout, for before/after).")
+flags.DEFINE_list("backends", ["tenseal-dot", "seal-v1", "seal", "seal-coeff"], "Backends for inference "
+                  "(seal-v1: the previous packed layout, for before/after; seal-coeff: coefficient encoding).")
 flags.DEFINE_integer("reps", 5, "Timed repetitions per backend and shape.")
 flags.DEFINE_string("params", "n8192", "CKKS preset.")
 flags.DEFINE_integer("n", 4096, "Fitting: public-set rows.")
@@ -46,7 +46,8 @@ def bench_infer(out: pathlib.Path) -> None:
         x = rng.standard_normal(d) / np.sqrt(d)
         v, c = rng.standard_normal((d, k)) / np.sqrt(d), rng.standard_normal(k)
         for name in FLAGS.backends:
-            client = base.make_client(name, d, k, FLAGS.params if name != "seal-v1" else "n8192-v1")
+            params = {"seal-v1": "n8192-v1", "seal-coeff": None}.get(name, FLAGS.params)  # None: its c4096
+            client = base.make_client(name, d, k, params)
             provider = base.make_provider(client.public_context())
             head = provider.prepare(v, c)
             q = client.encrypt(x)

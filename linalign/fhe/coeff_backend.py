@@ -42,11 +42,13 @@ from typing import Any
 import numpy as np
 
 from linalign.fhe import base, wire
-from linalign.fhe.packing import CoefficientLayout
+from linalign.fhe.packing import CoefficientLayout, negacyclic
 from linalign.fhe.params import CoeffParams, get_coeff_params
 
 NAME = "seal-coeff"
 MAX_DIM = 1 << 15
+MAX_PLAINTEXTS = 1024  # Q G head plaintexts per session (32 KB each at N=4096): a hostile batch cannot
+# make the provider encode more
 ROUNDING_BITS = 22  # reply c1 is rounded to 2^(product_scale - 22): ~4e-6 per score at N=4096
 
 
@@ -57,11 +59,18 @@ def reply_drop_bits(params: CoeffParams) -> int:
     return max(1, params.product_scale_bits - ROUNDING_BITS)
 
 
-def _layout(params: CoeffParams, d: int, k: int) -> CoefficientLayout:
+def _layout(params: CoeffParams, d: int, k: int, batch: int = 1) -> CoefficientLayout:
     n = params.poly_modulus_degree
     up = (n * params.prime_bits + 7) // 8 + wire.SEED_BYTES
     down = (n * (params.prime_bits - reply_drop_bits(params)) + 7) // 8
-    return CoefficientLayout.make(d, k, n, up, down)
+    try:
+        lay = CoefficientLayout.make(d, k, n, up, down, batch)
+    except ValueError as e:
+        raise base.FHEError(str(e)) from None
+    if lay.multiplies > MAX_PLAINTEXTS:
+        raise base.FHEError(f"d={d}, K={k}, batch={batch} needs {lay.multiplies} head plaintexts "
+                            f"(> {MAX_PLAINTEXTS}): use a smaller batch")
+    return lay
 
 
 def _int_coeffs(x: np.ndarray, scale: float, q: int, what: str) -> np.ndarray:
@@ -81,18 +90,20 @@ def _seal_context(params: CoeffParams):
 
 
 class CoeffClient(base.ClientBackend):
-    """Key owner. See ``base.ClientBackend``; ``params`` names a ``COEFF_PRESETS`` entry."""
+    """Key owner. See ``base.ClientBackend``; ``params`` names a ``COEFF_PRESETS`` entry,
+    ``batch`` queries share each message (``encrypt_batch`` / ``decrypt_batch``)."""
 
     name = NAME
 
-    def __init__(self, d_in: int, k_out: int, params=None):
+    def __init__(self, d_in: int, k_out: int, params=None, batch: int = 1):
         import seal
 
         if int(d_in) < 1 or int(k_out) < 1 or max(int(d_in), int(k_out)) > MAX_DIM:
             raise base.FHEError(f"d_in and k_out must be in [1, {MAX_DIM}], got d_in={d_in}, k_out={k_out}")
         self.d_in, self.k_out = int(d_in), int(k_out)
         self.params = get_coeff_params(params)
-        self.layout = _layout(self.params, self.d_in, self.k_out)
+        self.layout = _layout(self.params, self.d_in, self.k_out, batch)
+        self.batch = self.layout.batch
         self._ctx = _seal_context(self.params)
         keygen = seal.KeyGenerator(self._ctx)
         self._secret_key = keygen.secret_key()
@@ -115,6 +126,8 @@ class CoeffClient(base.ClientBackend):
             self._rows.append((np.where(i <= pos, 1, -1) * s[(pos - i) % n]).astype(np.int64))
         meta = {"backend": self.name, "d_in": self.d_in, "k_out": self.k_out, "params": self.params.to_dict(),
                 "chunk": self.layout.chunk}
+        if self.batch != 1:
+            meta["batch"] = self.batch
         self._public = base.pack_blobs(meta, [public_key.to_string()])
 
     def public_context(self) -> bytes:
@@ -124,16 +137,27 @@ class CoeffClient(base.ClientBackend):
         return self._secret_key.to_string()
 
     def encrypt(self, x_d: np.ndarray) -> bytes:
-        x = base.check_vector(x_d, self.d_in, "query")
+        return self._encrypt(base.check_vector(x_d, self.d_in, "query"))
+
+    def encrypt_batch(self, x_nd: np.ndarray) -> bytes:
+        """Up to ``batch`` queries [n, d_in] in one message; ``decrypt_batch`` reads the reply."""
+        x = np.asarray(x_nd, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.d_in or not 1 <= len(x) <= self.batch:
+            raise base.FHEError(f"a batch must have shape (n <= {self.batch}, {self.d_in}), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise base.FHEError("a batch contains NaN or infinity")
+        return self._encrypt(x)
+
+    def _encrypt(self, x: np.ndarray) -> bytes:
         scale = 2.0**self.params.query_scale_bits
         blobs = [self._seeded.encrypt(self._poly.plaintext(_int_coeffs(z, scale, self._q, "query"), scale, 1))
                  for z in self.layout.query_coeffs(x)]
         return base.pack_blobs({"kind": "query"}, blobs)
 
-    def decrypt_coeffs(self, reply: bytes, drop_bits: "int | None" = None) -> np.ndarray:
-        """[K] decrypted score coefficients in integer units of the product scale (exact, as
-        Python ints in an object array). ``drop_bits``: the reply's rounding (0: unrounded, the
-        calibration's)."""
+    def decrypt_coeffs(self, reply: bytes, drop_bits: "int | None" = None) -> "list[np.ndarray]":
+        """Per reply polynomial g, its decrypted score coefficients (at ``layout.positions(g)``)
+        in integer units of the product scale, exact (Python ints in object arrays).
+        ``drop_bits``: the reply's rounding (0: unrounded, the calibration's)."""
         t = reply_drop_bits(self.params) if drop_bits is None else int(drop_bits)
         meta, blobs = base.unpack_blobs(reply, what="reply")
         if meta.get("kind") != "reply" or len(blobs) != 1:
@@ -146,14 +170,26 @@ class CoeffClient(base.ClientBackend):
             # c1 stands for c1 2^t; (c1 s)_j = rows[j] . c1, exact in int64 while
             # N 2^(bits(q) - t) < 2^63 (N = 4096, t = 28: 2^44).
             acc = rows @ c1.astype(np.int64) if t >= 8 else rows.astype(object) @ c1.astype(object)
+            vals = []
             for c0_j, a in zip(c0.tolist(), acc.tolist()):
                 v = (c0_j + (int(a) << t)) % q
-                out.append(v - q if v > q // 2 else v)
-        return np.asarray(out, dtype=object)
+                vals.append(v - q if v > q // 2 else v)
+            out.append(np.asarray(vals, dtype=object))
+        return out
+
+    def _values(self, reply: bytes) -> "list[np.ndarray]":
+        scale = 2.0**self.params.product_scale_bits
+        return [np.asarray([float(v) / scale for v in g], np.float64) for g in self.decrypt_coeffs(reply)]
 
     def decrypt(self, reply: bytes) -> np.ndarray:
-        scale = 2.0**self.params.product_scale_bits
-        return np.asarray([float(v) / scale for v in self.decrypt_coeffs(reply)], np.float64)
+        return self.layout.scores(self._values(reply))
+
+    def decrypt_batch(self, reply: bytes, n: "int | None" = None) -> np.ndarray:
+        """[n, k_out] scores of the first ``n`` (default ``batch``) queries of a batched reply."""
+        n = self.batch if n is None else int(n)
+        if not 1 <= n <= self.batch:
+            raise base.FHEError(f"n must be in [1, {self.batch}], got {n}")
+        return self.layout.scores(self._values(reply), n)
 
 
 class CoeffProvider(base.ProviderBackend):
@@ -167,9 +203,10 @@ class CoeffProvider(base.ProviderBackend):
         meta, blobs = base.unpack_blobs(public_context, what="public context")
         if meta.get("backend") != self.name:
             raise base.DeserializationError(f"public context is for {meta.get('backend')!r}, not {self.name!r}")
-        if set(meta) != {"backend", "d_in", "k_out", "params", "chunk"}:
+        if not {"backend", "d_in", "k_out", "params", "chunk"} <= set(meta) <= {
+                "backend", "d_in", "k_out", "params", "chunk", "batch"}:
             raise base.DeserializationError(f"public context: fields {sorted(meta)} are not "
-                                            "backend, chunk, d_in, k_out, params")
+                                            "backend, chunk, d_in, k_out, params[, batch]")
         if len(blobs) != 1:
             raise base.DeserializationError(f"public context: want 1 blob (public key), got {len(blobs)}")
         self.d_in = base.optional_meta_int(meta, "d_in", 1, MAX_DIM, "public context")
@@ -178,7 +215,11 @@ class CoeffProvider(base.ProviderBackend):
             self.params = CoeffParams.from_dict(meta["params"])
         except (TypeError, ValueError) as e:
             raise base.DeserializationError(f"public context: bad params ({e})") from None
-        self.layout = _layout(self.params, self.d_in, self.k_out)
+        batch = base.optional_meta_int(meta, "batch", 2, MAX_DIM, "public context") if "batch" in meta else 1
+        try:
+            self.layout = _layout(self.params, self.d_in, self.k_out, batch)
+        except base.FHEError as e:
+            raise base.DeserializationError(f"public context: {e}") from None
         if meta["chunk"] != self.layout.chunk:
             raise base.DeserializationError("public context: chunk does not match the layout")
         self._ctx = _seal_context(self.params)
@@ -209,19 +250,24 @@ class CoeffProvider(base.ProviderBackend):
     def replicas(self) -> int:
         return 1
 
+    @property
+    def queries_per_message(self) -> int:
+        return self.layout.batch
+
     def calibrate(self, v_dk, c_k, input_norm: float, policy, trials: int = 3, seed: int = 0) -> float:
-        """B for this head: ``calibrate`` on this provider's parameters."""
-        return calibrate(self.params, v_dk, c_k, input_norm, policy, trials, seed)
+        """B for this head: ``calibrate`` on this provider's parameters and batch."""
+        return calibrate(self.params, v_dk, c_k, input_norm, policy, trials, seed, self.layout.batch)
 
     def enable_privacy(self, bound_value: float, policy) -> float:
         """Re-randomise and flood every later reply; returns the flood's std per score.
 
         Args:
           bound_value: B, the bound on one score coefficient's evaluation error (value units).
-          policy: linalign.fhe.privacy.FloodPolicy; sigma = 2^lambda_s sqrt(K) B.
+          policy: linalign.fhe.privacy.FloodPolicy; sigma = 2^lambda_s sqrt(B K) B.
         """
         scale = 2.0**self.params.product_scale_bits
-        bound_all = math.sqrt(self.k_out) * float(bound_value)  # ||e||_2 over the K sent coefficients
+        sent = self.k_out * self.layout.batch
+        bound_all = math.sqrt(sent) * float(bound_value)  # ||e||_2 over the B K sent coefficients
         self._sigma = policy.sigma(bound_all, scale)
         self._private = True
         return self._sigma / scale
@@ -233,8 +279,9 @@ class CoeffProvider(base.ProviderBackend):
         plains = [[None if not np.any(ints := _int_coeffs(w[qi, g], hs, self._q, "head")) else
                    self._poly.plaintext(ints, hs, 1) for g in range(self.layout.replies)]
                   for qi in range(self.layout.queries)]
-        bias = _int_coeffs(c, ps, self._q, "bias")
-        return {"plains": plains, "bias": np.mod(bias, np.int64(self._q)).astype(np.uint64)}
+        bias = [np.mod(_int_coeffs(b, ps, self._q, "bias"), np.int64(self._q)).astype(np.uint64)
+                for b in self.layout.bias_values(c)]
+        return {"plains": plains, "bias": bias}
 
     def _load_query(self, query: bytes) -> list:
         meta, blobs = base.unpack_blobs(query, what="query")
@@ -280,7 +327,7 @@ class CoeffProvider(base.ProviderBackend):
             data = np.frombuffer(blob, np.uint64, 2 * n, len(blob) - 2 * n * 8).reshape(2, n)
             pos = lay.positions(g)
             qq = np.uint64(q)
-            c0 = (data[0, pos] + bias[g * lay.cols : g * lay.cols + len(pos)]) % qq
+            c0 = (data[0, pos] + bias[g]) % qq
             if self._private:
                 hi, lo = integer_gaussian(self._rng, self._sigma, len(pos))
                 c0 = (c0 + _residues(hi, lo, [q])[0]) % qq
@@ -291,7 +338,7 @@ class CoeffProvider(base.ProviderBackend):
 
 
 def calibrate(params: CoeffParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm: float, policy,
-              trials: int = 3, seed: int = 0) -> float:
+              trials: int = 3, seed: int = 0, batch: int = 1) -> float:
     """B for this head: the provider's own keys, its exact circuit, no flood.
 
     Runs ``trials`` random queries of norm ``input_norm`` through an unflooded, unrounded
@@ -301,27 +348,25 @@ def calibrate(params: CoeffParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm
     largest error.
     """
     d, k = np.shape(v_dk)
-    client = CoeffClient(d, k, params)
+    client = CoeffClient(d, k, params, batch)
     provider = CoeffProvider(client.public_context())
     provider.reply_drop_bits = 0  # the circuit's error only: rounding comes after the flood
     head = provider.prepare(v_dk, c_k)
-    lay, q = provider.layout, provider._q
+    lay = provider.layout
     qs, hs = 2.0**params.query_scale_bits, 2.0**params.head_scale_bits
     w = np.vectorize(int, otypes=[object])(np.rint(lay.head_coeffs(np.asarray(v_dk, np.float64)) * hs))
-    bias = np.vectorize(int, otypes=[object])(np.rint(np.asarray(c_k, np.float64) * qs * hs))
+    to_int = np.vectorize(int, otypes=[object])
+    bias = [to_int(np.rint(b * qs * hs)) for b in lay.bias_values(np.asarray(c_k, np.float64))]
     rng = np.random.default_rng(seed)
     worst = 0.0
     for _ in range(trials):
-        x = rng.standard_normal(d)
-        x *= input_norm / np.linalg.norm(x)
-        z = np.vectorize(int, otypes=[object])(np.rint(lay.query_coeffs(x) * qs))
-        from linalign.fhe.packing import negacyclic
-
-        exact = lay.scores(np.stack([sum(negacyclic(z[i], w[i, g]) for i in range(lay.queries))
-                                     for g in range(lay.replies)])) + bias
-        got = client.decrypt_coeffs(provider.apply(client.encrypt(x), head), drop_bits=0)
-        err = max(abs(int(a) - int(b)) for a, b in zip(got, exact))
-        worst = max(worst, float(err))
+        x = rng.standard_normal((batch, d))
+        x *= input_norm / np.linalg.norm(x, axis=1, keepdims=True)
+        z = to_int(np.rint(lay.query_coeffs(x) * qs))
+        got = client.decrypt_coeffs(provider.apply(client.encrypt_batch(x), head), drop_bits=0)
+        for g in range(lay.replies):
+            exact = sum(negacyclic(z[i], w[i, g]) for i in range(lay.queries))[lay.positions(g)] + bias[g]
+            worst = max(worst, float(max(abs(int(a) - int(b)) for a, b in zip(got[g], exact))))
     if not worst > 0:
         raise base.FHEError("noise calibration failed: no error measured")
     return policy.margin * worst / (qs * hs)

@@ -298,30 +298,34 @@ def negacyclic(a_n: np.ndarray, b_n: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class CoefficientLayout:
-    """Rotation-free layout for coefficient encoding (backend ``seal-coeff``).
+    """Rotation-free layout for coefficient encoding (backend ``seal-coeff``), B queries per
+    ciphertext.
 
-    The query z [d] is cut into Q chunks of ``chunk`` = ceil(d / Q) entries; chunk q is the
-    polynomial z_q(X) = sum_i z[q chunk + i] X^i. The head's columns are grouped m =
-    floor(N / chunk) at a time into G = ceil(K / m) groups; for chunk q and group g the
+    Each query z_b [d] is cut into Q chunks of ``chunk`` = ceil(d / Q) entries; query
+    polynomial q holds chunk q of every query side by side:
+    z_q(X) = sum_b X^(b chunk) sum_i z_b[q chunk + i] X^i. The head's columns are grouped
+    m = floor(N / (B chunk)) at a time into G = ceil(K / m) groups; for chunk q and group g the
     provider's plaintext is
 
-        W_qg(X) = sum_{c < m} sum_{i < chunk} V[q chunk + i, g m + c] X^(c chunk + chunk - 1 - i),
+        W_qg(X) = sum_{c < m} sum_{i < chunk} V[q chunk + i, g m + c] X^(c B chunk + chunk - 1 - i),
 
-    and reply g is y_g = sum_q z_q W_qg (mod X^N + 1). Its coefficient at c chunk + chunk - 1 is
-    sum_{q, i} z[q chunk + i] V[q chunk + i, g m + c], score g m + c: a product term
-    z_i W_j lands there iff i + j = c chunk + chunk - 1, and with i < chunk and j of the form
-    c' chunk + chunk - 1 - i' that forces c' = c, i' = i. The degree of z_q W_qg is below
-    (m + 1) chunk - 1 < N + chunk - 1, so the negacyclic wrap only reaches coefficients below
-    chunk - 1, never a score position. The other coefficients hold partial sums of V and are
-    never sent (``wire.SparseReply``).
+    and reply g is y_g = sum_q z_q W_qg (mod X^N + 1). Its coefficient at (c B + b) chunk +
+    chunk - 1 is sum_{q, i} z_b[q chunk + i] V[q chunk + i, g m + c], query b's score g m + c:
+    a product term X^(b' chunk + i') X^(c' B chunk + chunk - 1 - i) lands there iff
+    (c' B + b' - c B - b) chunk = i - i', and |i - i'| < chunk forces i = i', c' = c, b' = b.
+    The degree of z_q W_qg is below (m B + 1) chunk - 1 < N + chunk - 1, so the negacyclic
+    wrap only reaches coefficients below chunk - 1, never a score. The other coefficients hold
+    partial sums of V and are never sent (``wire.dump_sparse``).
 
-    Cost per query: Q G plaintext multiplies, no rotation, no Galois key. ``make`` picks Q to
-    minimise the bytes of Q query ciphertexts plus G replies.
+    Cost per ciphertext: Q G plaintext multiplies, no rotation, no Galois key. Batching shares
+    the query ciphertexts (B times fewer query bytes per query); replies and multiplies per
+    query stay K chunk / N. ``make`` picks Q to minimise the bytes per message.
 
     Attributes:
       d, k, n: query dimension, scores, ring dimension N.
-      chunk: entries of z per query polynomial.
+      chunk: entries of each query per query polynomial.
       cols: m, columns of V per reply polynomial.
+      batch: B, queries per message.
     """
 
     d: int
@@ -329,58 +333,71 @@ class CoefficientLayout:
     n: int
     chunk: int
     cols: int
+    batch: int = 1
 
     @classmethod
-    def make(cls, d: int, k: int, n: int, query_bytes: int = 1, reply_bytes: int = 1) -> "CoefficientLayout":
-        """The layout with the fewest bytes per query (then the fewest multiplies).
+    def make(cls, d: int, k: int, n: int, query_bytes: int = 1, reply_bytes: int = 1,
+             batch: int = 1) -> "CoefficientLayout":
+        """The layout with the fewest bytes per message (then the fewest multiplies).
 
         Args:
           query_bytes, reply_bytes: bytes of one query and one reply polynomial.
+          batch: B queries per message (B chunk <= N).
         """
         if min(d, k, n) < 1:
             raise ValueError(f"d, K and N must be positive, got d={d}, K={k}, N={n}")
+        if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or not 1 <= batch <= n:
+            raise ValueError(f"batch must be an int in [1, N={n}], got {batch!r}")
         best = None
-        for q in range(-(-d // n), d + 1):
+        for q in range(-(-d * batch // n), d + 1):
             chunk = -(-d // q)
-            if -(-d // chunk) != q:
-                continue  # same chunk as a smaller q
-            cols = n // chunk
+            if -(-d // chunk) != q or chunk * batch > n:
+                continue  # same chunk as a smaller q, or B chunks do not fit the ring
+            cols = n // (chunk * batch)
             g = -(-k // cols)
             key = (q * query_bytes + g * reply_bytes, q * g)
             if best is None or key < best[0]:
                 best = (key, chunk, cols)
             if cols >= k:
                 break  # more chunks only add query bytes
-        return cls(d, k, n, best[1], best[2])
+        if best is None:
+            raise ValueError(f"batch={batch} queries do not fit N={n} coefficients")
+        return cls(d, k, n, best[1], best[2], int(batch))
 
     @property
     def queries(self) -> int:
-        """Q, query polynomials (ciphertexts) per query."""
+        """Q, query polynomials (ciphertexts) per message."""
         return -(-self.d // self.chunk)
 
     @property
     def replies(self) -> int:
-        """G, reply polynomials (ciphertexts) per query."""
+        """G, reply polynomials (ciphertexts) per message."""
         return -(-self.k // self.cols)
 
     @property
     def multiplies(self) -> int:
         return self.queries * self.replies
 
-    def positions(self, g: int) -> np.ndarray:
-        """Coefficient positions of reply g's scores g m + c, c < m (fewer in the last group)."""
-        cols = min(self.cols, self.k - g * self.cols)
-        return np.arange(cols) * self.chunk + self.chunk - 1
+    def group_cols(self, g: int) -> int:
+        """Columns of V in reply g (m, fewer in the last group)."""
+        return min(self.cols, self.k - g * self.cols)
 
-    def query_coeffs(self, x_d: np.ndarray) -> np.ndarray:
-        """[Q, N] coefficients of the query polynomials (unscaled)."""
-        x = np.asarray(x_d, np.float64)
-        if x.shape != (self.d,):
-            raise ValueError(f"query must have shape ({self.d},), got {x.shape}")
+    def positions(self, g: int) -> np.ndarray:
+        """Coefficient positions of reply g's scores, ordered (column c, query b)."""
+        cb = np.arange(self.group_cols(g) * self.batch)  # c B + b
+        return cb * self.chunk + self.chunk - 1
+
+    def query_coeffs(self, x: np.ndarray) -> np.ndarray:
+        """[d] or [n <= B, d] queries -> [Q, N] coefficients of the query polynomials (unscaled)."""
+        x = np.asarray(x, np.float64)
+        x = x[None] if x.ndim == 1 else x
+        if x.ndim != 2 or x.shape[1] != self.d or not 1 <= x.shape[0] <= self.batch:
+            raise ValueError(f"queries must be [d={self.d}] or [n <= {self.batch}, {self.d}], got {x.shape}")
+        pad = np.zeros((self.batch, self.queries * self.chunk))
+        pad[: len(x), : self.d] = x
         out = np.zeros((self.queries, self.n))
-        pad = np.zeros(self.queries * self.chunk)
-        pad[: self.d] = x
-        out[:, : self.chunk] = pad.reshape(self.queries, self.chunk)
+        out[:, : self.batch * self.chunk] = (pad.reshape(self.batch, self.queries, self.chunk)
+                                             .transpose(1, 0, 2).reshape(self.queries, -1))
         return out
 
     def head_coeffs(self, v_dk: np.ndarray) -> np.ndarray:
@@ -393,21 +410,37 @@ class CoefficientLayout:
             rows = v[q * self.chunk : (q + 1) * self.chunk]
             for g in range(self.replies):
                 for c in range(self.cols):
-                    out[q, g, c * self.chunk + rev] = rows[:, g * self.cols + c]
+                    out[q, g, c * self.batch * self.chunk + rev] = rows[:, g * self.cols + c]
         return out
 
-    def scores(self, coeffs_gn: np.ndarray) -> np.ndarray:
-        """[G, N] reply coefficients (or [G, m] at ``positions``) -> [K] scores."""
-        c = np.asarray(coeffs_gn)
-        if c.shape[-1] == self.n:
-            return np.concatenate([c[g, self.positions(g)] for g in range(self.replies)])
-        return np.concatenate([c[g, : len(self.positions(g))] for g in range(self.replies)])
+    def scores(self, coeffs: "np.ndarray | list", n: "int | None" = None) -> np.ndarray:
+        """Reply values -> [K] scores of the first query or, with ``n``, [n, K].
 
-    def simulate_coeffs(self, x_d: np.ndarray, v_dk: np.ndarray) -> np.ndarray:
+        Args:
+          coeffs: [G, N] whole reply polynomials, or per reply g its values at ``positions(g)``.
+        """
+        per = []
+        for g in range(self.replies):
+            row = np.asarray(coeffs[g])
+            vals = row[self.positions(g)] if row.shape[-1] == self.n and len(row) != len(self.positions(g)) \
+                else row[: len(self.positions(g))]
+            per.append(vals.reshape(self.group_cols(g), self.batch).T)  # [B, cols_g]
+        out = np.concatenate(per, axis=1)  # [B, K]
+        return out[0] if n is None else out[:n]
+
+    def simulate_coeffs(self, x: np.ndarray, v_dk: np.ndarray) -> np.ndarray:
         """Plaintext replay: [G, N] coefficients of every reply polynomial (bias excluded)."""
-        z, w = self.query_coeffs(x_d), self.head_coeffs(v_dk)
+        z, w = self.query_coeffs(x), self.head_coeffs(v_dk)
         return np.stack([sum(negacyclic(z[q], w[q, g]) for q in range(self.queries))
                          for g in range(self.replies)])
 
-    def simulate(self, x_d: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
-        return self.scores(self.simulate_coeffs(x_d, v_dk)) + np.asarray(c_k, np.float64)
+    def bias_values(self, c_k: np.ndarray) -> "list[np.ndarray]":
+        """Per reply g, the bias at its positions (c B + b -> c[g m + c])."""
+        c = np.asarray(c_k)
+        return [np.repeat(c[g * self.cols : g * self.cols + self.group_cols(g)], self.batch)
+                for g in range(self.replies)]
+
+    def simulate(self, x: np.ndarray, v_dk: np.ndarray, c_k: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        out = self.scores(self.simulate_coeffs(x, v_dk), None if x.ndim == 1 else len(x))
+        return out + np.asarray(c_k, np.float64)

@@ -108,7 +108,9 @@ def define_query_flags() -> None:
     shared.define_out_dir("Directory for scores.npy [n, K], the decrypted scores.")
     flags.DEFINE_string("out", None, "Deprecated: the scores .npy file; use --out_dir.")
     shared.HIDDEN.add("out")
-    flags.DEFINE_string("backend", "seal", "FHE backend (the server serves seal).")
+    flags.DEFINE_string("backend", "seal-coeff", "FHE backend: seal-coeff (coefficient encoding, N=4096) or seal "
+                        "(slot encoding; --params picks its preset).")
+    flags.DEFINE_integer("batch", 1, "Queries per message (seal-coeff: up to N / d; seal: up to S / d').")
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
@@ -250,7 +252,11 @@ def query_main(argv) -> None:
     z_hat = np.asarray(affine.apply(z), dtype=np.float64)
     with _client() as cl:
         info = cl.info()
-        cl.setup_inference(int(info["d"]), int(info["k"]), FLAGS.backend, FLAGS.params)
+        from linalign.fhe.params import COEFF_PRESETS
+
+        # --params names the fit's CKKS chain; seal-coeff takes it only when it names one of its own.
+        params = FLAGS.params if FLAGS.backend != "seal-coeff" or FLAGS.params in COEFF_PRESETS else None
+        cl.setup_inference(int(info["d"]), int(info["k"]), FLAGS.backend, params, FLAGS.batch)
         bar = _Bar(cl, M.MsgType.QUERY, int(z.shape[0]), "encrypted queries", "query")
         try:
             scores = cl.query(z_hat)

@@ -12,19 +12,31 @@ from linalign.fhe.privacy import FloodPolicy
 pytestmark = pytest.mark.fhe
 
 
+def _floats(coeffs, scale=2.0**50):
+    """decrypt_coeffs' exact per-reply integers -> float values."""
+    return [np.asarray([float(v) for v in g]) / scale for g in coeffs]
+
+
 def _head(d, k, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal(d) / np.sqrt(d), rng.standard_normal((d, k)) / np.sqrt(d) * 3,
             rng.standard_normal(k))
 
 
-@pytest.mark.parametrize("d,k,n", [(768, 16, 4096), (4096, 16, 4096), (5000, 3, 4096), (5, 3, 8), (10, 7, 8),
-                                   (8, 8, 8), (1, 1, 8), (64, 3, 4096)])
-def test_layout_replay_is_exact(d, k, n):
-    x, v, c = _head(d, k, seed=d + k)
-    lay = CoefficientLayout.make(d, k, n, 3 * n, n)
-    assert lay.queries * lay.chunk >= d and lay.cols * lay.chunk <= n and lay.replies * lay.cols >= k
+@pytest.mark.parametrize("d,k,n,b", [(768, 16, 4096, 1), (4096, 16, 4096, 1), (5000, 3, 4096, 1), (5, 3, 8, 1),
+                                     (10, 7, 8, 1), (8, 8, 8, 1), (1, 1, 8, 1), (64, 3, 4096, 1), (768, 16, 4096, 4),
+                                     (3, 3, 8, 2), (2, 5, 8, 4), (100, 7, 512, 3)])
+def test_layout_replay_is_exact(d, k, n, b):
+    _, v, c = _head(d, k, seed=d + k)
+    x = np.random.default_rng(d).standard_normal((b, d))
+    lay = CoefficientLayout.make(d, k, n, 3 * n, n, batch=b)
+    assert lay.queries * lay.chunk >= d and lay.cols * lay.chunk * b <= n and lay.replies * lay.cols >= k
     np.testing.assert_allclose(lay.simulate(x, v, c), x @ v + c, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(lay.simulate(x[0], v, c), x[0] @ v + c, rtol=0, atol=1e-10)
+    if b > 1:  # a partial batch: the other queries' positions hold zeros, nothing leaks across
+        np.testing.assert_allclose(lay.simulate(x[:1], v, np.zeros(k)), x[:1] @ v, rtol=0, atol=1e-10)
+        full = lay.scores(lay.simulate_coeffs(x[:1], v), b)
+        np.testing.assert_array_equal(full[1:], 0)
     # The score positions of a reply are distinct and every other coefficient is not a score.
     for g in range(lay.replies):
         pos = lay.positions(g)
@@ -84,8 +96,36 @@ def test_scores_match_plaintext(d, k):
     np.testing.assert_allclose(got, x @ v + c, rtol=0, atol=np.abs(x).sum() * 2.0**-15 + 3e-5)
     provider.reply_drop_bits = 0  # unrounded: the encryption noise alone
     full = client.decrypt_coeffs(provider.linear(client.encrypt(x), v, c), drop_bits=0)
-    np.testing.assert_allclose(np.asarray([float(f) for f in full]) / 2.0**50, xq @ vq + c, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(lay.scores(_floats(full)), xq @ vq + c, rtol=0, atol=1e-8)
     assert lay.queries * lay.replies == provider.layout.multiplies
+
+
+def test_batched_queries_against_plaintext_and_batch_field_checked():
+    d, k, b = 768, 16, 4
+    _, v, c = _head(d, k, seed=5)
+    xs = np.random.default_rng(5).standard_normal((b, d)) / np.sqrt(d)
+    client = base.make_client("seal-coeff", d, k, batch=b)
+    provider = base.make_provider(client.public_context())
+    assert provider.queries_per_message == b == client.batch
+    head = provider.prepare(v, c)
+    atol = np.abs(xs).sum(1).max() * 2.0**-15 + 3e-5
+    np.testing.assert_allclose(client.decrypt_batch(provider.apply(client.encrypt_batch(xs), head)),
+                               xs @ v + c, rtol=0, atol=atol)
+    np.testing.assert_allclose(client.decrypt_batch(provider.apply(client.encrypt_batch(xs[:3]), head), 3),
+                               xs[:3] @ v + c, rtol=0, atol=atol)
+    sizes = client.wire_sizes(provider, head)
+    assert sizes.per_query_bytes / b < 100_000 / 2  # B queries share the upload
+    with pytest.raises(base.FHEError, match=r"n <= 4"):
+        client.encrypt_batch(xs.repeat(2, 0))
+    meta, blobs = base.unpack_blobs(client.public_context())
+    for bad, what in ((True, "not an int"), (3.0, "not an int"), (1, "not an int"), (1 << 20, "not an int"),
+                      (8192, r"batch must be an int in \[1, N=4096\]"), (4096, "head plaintexts")):
+        with pytest.raises(base.DeserializationError, match=what):
+            base.make_provider(base.pack_blobs({**meta, "batch": bad}, blobs))
+    policy = FloodPolicy()
+    std = provider.enable_privacy(provider.calibrate(v, c, 1.5, policy), policy)
+    got = client.decrypt_batch(provider.apply(client.encrypt_batch(xs), head))
+    np.testing.assert_allclose(got, xs @ v + c, rtol=0, atol=atol + 6 * std)
 
 
 def test_setup_has_no_galois_keys_and_messages_are_small():
@@ -181,7 +221,7 @@ def test_calibrated_bound_covers_the_unflooded_error():
     for x in rng.standard_normal((3, 768)) / np.sqrt(768):
         got = client.decrypt_coeffs(provider.apply(client.encrypt(x), head), drop_bits=0)
         exact = client.layout.simulate(np.rint(x * 2.0**36) / 2.0**36, np.rint(v * 2.0**14) / 2.0**14, c)
-        err = np.abs(np.asarray([float(g) for g in got]) / 2.0**50 - exact).max()
+        err = np.abs(client.layout.scores(_floats(got)) - exact).max()
         assert err <= bound / policy.margin * 2  # B = margin x the largest error seen
         assert 1e-12 < bound < 1e-6
 

@@ -61,6 +61,12 @@ def test_coefficient_backend_served(server):
         np.testing.assert_allclose(scores, x @ v + c, rtol=0, atol=6 * std + 1e-4)
         assert cl.stats.setup_up < 100_000  # the public key alone
         assert (cl.stats.query_up + cl.stats.query_down) / 20 < 50_000
+    with HelixClient(port) as cl:  # four queries per message
+        cl.setup_inference(D_A, K, "seal-coeff", batch=4)
+        scores = cl.query(x[:10])  # 4 + 4 + 2
+        std = cl.announced["flood_std"] / cl.announced["head_scale"]
+        np.testing.assert_allclose(scores, x[:10] @ v + c, rtol=0, atol=6 * std + 1e-4)
+        assert cl.stats.queries == 10
 
 
 def _raw(port, data: bytes, read=True):
