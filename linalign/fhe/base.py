@@ -144,6 +144,17 @@ def check_vector(x_d: Any, d: int, name: str = "x") -> np.ndarray:
     return x
 
 
+def check_batch(x_nd: Any, d: int, batch: int) -> np.ndarray:
+    """Returns up to ``batch`` queries as float64 [n, d]; raises FHEError on a wrong shape or a
+    non-finite entry."""
+    x = np.asarray(x_nd, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != d or not 1 <= len(x) <= batch:
+        raise FHEError(f"a batch must have shape (n <= {batch}, {d}), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise FHEError("a batch contains NaN or infinity")
+    return x
+
+
 def check_head(v_dk: Any, c_k: Any, d: int, k: int) -> "tuple[np.ndarray, np.ndarray]":
     """Returns (V [d, k], c [k]) as float64; raises FHEError naming the problem."""
     v = np.asarray(v_dk, dtype=np.float64)
@@ -377,5 +388,6 @@ __all__ = [
     "pack_blobs",
     "unpack_blobs",
     "check_vector",
+    "check_batch",
     "check_head",
 ]

@@ -193,11 +193,7 @@ class SealClient(base.ClientBackend):
 
     def encrypt_batch(self, x_nd: np.ndarray) -> bytes:
         """Up to ``batch`` queries [n, d_in] in one query blob; ``decrypt_batch`` reads the reply."""
-        x = np.asarray(x_nd, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.d_in or not 1 <= len(x) <= self.batch:
-            raise base.FHEError(f"a batch must have shape (n <= {self.batch}, {self.d_in}), got {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise base.FHEError("a batch contains NaN or infinity")
+        x = base.check_batch(x_nd, self.d_in, self.batch)
         return self._encrypt_slots(self.layout.replicate(x))
 
     def _encrypt_slots(self, z_s: np.ndarray) -> bytes:
