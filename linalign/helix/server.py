@@ -240,6 +240,7 @@ class Server:
                     break
                 try:
                     conn, addr = self._sock.accept()
+                    M.no_delay(conn)
                 except socket.timeout:
                     continue
                 peer = str(addr[0])

@@ -54,6 +54,7 @@ def test_coefficient_backend_served(server):
     z_b, z_a, v, c = make_data()
     x = z_a[N_PUBLIC:N_PUBLIC + 20]
     with HelixClient(port) as cl:
+        assert cl._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # no Nagle stall per message
         cl.setup_inference(D_A, K, "seal-coeff")
         scores = cl.query(x)
         std = cl.announced["flood_std"] / cl.announced["head_scale"]
