@@ -110,7 +110,8 @@ def define_query_flags() -> None:
     shared.HIDDEN.add("out")
     flags.DEFINE_string("backend", "seal-coeff", "FHE backend: seal-coeff (coefficient encoding, N=4096) or seal "
                         "(slot encoding; --params picks its preset).")
-    flags.DEFINE_integer("batch", 1, "Queries per message (seal-coeff: up to N / d; seal: up to S / d').")
+    flags.DEFINE_integer("queries_per_message", 1, "Queries that share one encrypted message (seal-coeff: up "
+                         "to N / d; seal: up to S / d', a power of two).")
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
@@ -256,7 +257,7 @@ def query_main(argv) -> None:
 
         # --params names the fit's CKKS chain; seal-coeff takes it only when it names one of its own.
         params = FLAGS.params if FLAGS.backend != "seal-coeff" or FLAGS.params in COEFF_PRESETS else None
-        cl.setup_inference(int(info["d"]), int(info["k"]), FLAGS.backend, params, FLAGS.batch)
+        cl.setup_inference(int(info["d"]), int(info["k"]), FLAGS.backend, params, FLAGS.queries_per_message)
         bar = _Bar(cl, M.MsgType.QUERY, int(z.shape[0]), "encrypted queries", "query")
         try:
             scores = cl.query(z_hat)
