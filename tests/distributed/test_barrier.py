@@ -50,6 +50,6 @@ def test_barrier_waits_for_a_process_40s_behind(tmp_path):
 
 @pytest.mark.slow
 def test_barrier_timeout_names_the_barrier(tmp_path):
-    proc = _run(tmp_path, delay=30, timeout=3)
+    proc = _run(tmp_path, delay=10, timeout=3)  # process 1 arrives well after the 3 s limit
     assert proc.returncode != 0
     assert "barrier 'test_barrier' not reached by every process within 3 s" in proc.stdout + proc.stderr

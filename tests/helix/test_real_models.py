@@ -48,7 +48,7 @@ def test_bbc_minilm_to_mpnet_encrypted_matches_plaintext(tmp_path):
     try:
         with HelixClient(port) as cl:
             affine = cl.fit(z_b_pub, lam)
-            cl.setup_inference(v.shape[0], v.shape[1], "seal")
+            cl.setup_inference(v.shape[0], v.shape[1])  # the default backend, seal-coeff
             scores = cl.query(np.asarray(affine.apply(z_b_test), np.float64))
     finally:
         proc.kill()
