@@ -32,6 +32,7 @@ from absl import app, flags, logging
 from linalign.atomic import atomic_write, atomic_write_json
 
 FLAGS = flags.FLAGS
+flags.DEFINE_string("backend", "seal-coeff", "Inference backend served and queried (seal-coeff or seal).")
 flags.DEFINE_integer("clients", 32, "Concurrent clients.")
 flags.DEFINE_integer("queries", 20, "Queries per client.")
 flags.DEFINE_integer("d", 768, "Query dimension.")
@@ -56,20 +57,19 @@ def cpu_model() -> str:
 def flood_cost(v, c) -> list:
     from linalign.fhe import base
     from linalign.fhe.privacy import FloodPolicy
-    from linalign.fhe.seal_backend import calibrate
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal(FLAGS.d)
     x /= np.linalg.norm(x)
     configs = []
     for bits in [None] + [int(b) for b in FLAGS.flood_bits]:
-        client = base.make_client("seal", FLAGS.d, FLAGS.k)
+        client = base.make_client(FLAGS.backend, FLAGS.d, FLAGS.k)
         provider = base.make_provider(client.public_context())
         std = 0.0
         if bits is not None:
             policy = FloodPolicy(bits)
             # per score: the client averages the reply's replicas of each score
-            std = provider.enable_privacy(calibrate(provider.params, v, c, 1.0, policy), policy)
+            std = provider.enable_privacy(provider.calibrate(v, c, 1.0, policy), policy)
             std /= np.sqrt(getattr(provider, "replicas", 1))
         configs.append((bits, client, provider, provider.prepare(v, c), client.encrypt(x), std))
     times = {b[0]: [] for b in configs}
@@ -131,7 +131,7 @@ def run_load(port: int, ca: str, secret: bytes, slow: int) -> dict:
             start.wait()
             t0 = time.perf_counter()
             with HelixClient(port, tls_ca=ca, client_id="bench", secret=secret) as cl:
-                cl.setup_inference(FLAGS.d, FLAGS.k, "seal")
+                cl.setup_inference(FLAGS.d, FLAGS.k, FLAGS.backend)
                 t1 = time.perf_counter()
                 mine = []
                 for q in queries[i]:
@@ -213,7 +213,7 @@ def main(argv):
     c = rng.standard_normal(FLAGS.k)
     res = {"command": "python experiments/bench_helix_load.py " + " ".join(sys.argv[1:]), "cpu_model": cpu_model(),
            "cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "d": FLAGS.d, "k": FLAGS.k,
-           "params": "n8192", "server_flood_bits": 12}
+           "backend": FLAGS.backend, "server_flood_bits": 12}
     res["flood_cost"] = flood_cost(v, c)
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = pathlib.Path(tmpd)
@@ -239,7 +239,8 @@ def main(argv):
     md = [f"# HELIX load over TLS: {FLAGS.clients} clients x {FLAGS.queries} queries, d={FLAGS.d}, K={FLAGS.k}", "",
           f"Command: `{res['command']}`  ", f"CPU: {res['cpu_model']} ({res['cpus']} cores, shared; load average "
           f"{res['load_average_start'][0]:.1f} at start)  ",
-          f"Server: {FLAGS.workers} workers, TLS + HMAC authentication, every reply sanitised (lambda_s = 12).", "",
+          f"Backend: {FLAGS.backend}. Server: {FLAGS.workers} workers, TLS + HMAC authentication, every reply "
+          "sanitised (lambda_s = 12).", "",
           "| slow clients attached | queries | errors | p50 ms | p99 ms | max ms | queries/s | setup p50 s |",
           "|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
