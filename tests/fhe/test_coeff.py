@@ -266,3 +266,36 @@ def test_hostile_bytes_named():
             base.make_provider(base.pack_blobs({**pmeta, **change}, pblobs))
     with pytest.raises(base.DeserializationError, match="bad public key"):
         base.make_provider(base.pack_blobs(pmeta, [pblobs[0][:-10]]))
+
+
+def test_poly_transform_round_trip_and_product_is_negacyclic():
+    """SEAL's NTT through the ciphertext carrier: from_ntt(to_ntt(m)) = m, and decrypting
+    Enc(m) x plaintext(w) gives the negacyclic product m w plus small noise (the property the
+    whole layout rests on)."""
+    import seal
+
+    from linalign.fhe.seal_backend import make_context
+
+    ctx = make_context(C4096)
+    keygen = seal.KeyGenerator(ctx)
+    enc = seal.Encryptor(ctx, keygen.secret_key())
+    codec = wire.CompactCodec(ctx, enc.encrypt_symmetric)
+    poly = wire.PolyTransform(codec)
+    q = ctx.first_context_data().parms().coeff_modulus()[0].value()
+    rng = np.random.default_rng(0)
+    m = rng.integers(-1000, 1000, 4096)
+    w = np.zeros(4096, np.int64)
+    w[rng.choice(4096, 50, replace=False)] = rng.integers(-1000, 1000, 50)
+    res = np.mod(m, q).astype(np.uint64)[None]
+    np.testing.assert_array_equal(poly.from_ntt(poly.to_ntt(res, 1), 1), res)
+    prod = seal.Evaluator(ctx).multiply_plain(enc.encrypt_symmetric(poly.plaintext(m, 2.0**10, 1)),
+                                              poly.plaintext(w, 2.0**10, 1))
+    plain = seal.Decryptor(ctx, keygen.secret_key()).decrypt(prod)
+    # Read the NTT-form plaintext back through the carrier: its coefficients are m w + e.
+    blob = plain.to_bytes()
+    got = poly.from_ntt(np.frombuffer(blob, np.uint64, 4096, len(blob) - 4096 * 8)[None], 1)[0].astype(object)
+    got = np.array([int(g) - q if g > q // 2 else int(g) for g in got])
+    want = negacyclic(m.astype(object), w.astype(object))
+    err = np.abs(got - np.asarray(want, dtype=np.int64))
+    assert err.max() < 1e6, err.max()  # e w with |e| <= 19, 50 terms of |w| < 1000: < 1e6
+    assert np.abs(want).max() > 1e6  # the product itself is far above the noise
