@@ -350,8 +350,8 @@ def calibrate(params: CoeffParams, v_dk: np.ndarray, c_k: np.ndarray, input_norm
     head = provider.prepare(v_dk, c_k)
     lay = provider.layout
     qs, hs = 2.0**params.query_scale_bits, 2.0**params.head_scale_bits
-    w = np.vectorize(int, otypes=[object])(np.rint(lay.head_coeffs(np.asarray(v_dk, np.float64)) * hs))
-    to_int = np.vectorize(int, otypes=[object])
+    to_int = np.vectorize(int, otypes=[object])  # exact Python integers
+    w = to_int(np.rint(lay.head_coeffs(np.asarray(v_dk, np.float64)) * hs))
     bias = [to_int(np.rint(b * qs * hs)) for b in lay.bias_values(np.asarray(c_k, np.float64))]
     rng = np.random.default_rng(seed)
     worst = 0.0

@@ -39,6 +39,22 @@ class InsecureParamsError(ValueError):
     """A parameter set exceeds the 128-bit bound or is otherwise unusable."""
 
 
+def _max_log_q(n: int) -> int:
+    """The table's log2(q) bound for ring dimension n; refuses a ring the table does not list."""
+    if n not in HE_STANDARD_MAX_LOGQ_128:
+        raise InsecureParamsError(
+            f"poly_modulus_degree {n} is not in the 128-bit table {sorted(HE_STANDARD_MAX_LOGQ_128)}")
+    return HE_STANDARD_MAX_LOGQ_128[n]
+
+
+def _untrusted_int(v, what: str) -> int:
+    """A field of peer-supplied parameters: an int in [1, 2^20] (a JSON float such as 1e999, a
+    bool or a huge int is refused here instead of overflowing later)."""
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 1 << 20:
+        raise InsecureParamsError(f"{what}={v!r} is not an int in [1, 2^20]")
+    return v
+
+
 @dataclasses.dataclass(frozen=True)
 class CKKSParams:
     """One CKKS parameter set.
@@ -81,12 +97,7 @@ class CKKSParams:
           self, so presets can be checked at definition.
         """
         n = self.poly_modulus_degree
-        if n not in HE_STANDARD_MAX_LOGQ_128:
-            raise InsecureParamsError(
-                f"poly_modulus_degree {n} is not in the 128-bit table "
-                f"{sorted(HE_STANDARD_MAX_LOGQ_128)}"
-            )
-        bound = HE_STANDARD_MAX_LOGQ_128[n]
+        bound = _max_log_q(n)
         if self.log_q > bound:
             raise InsecureParamsError(
                 f"coeff modulus {self.coeff_mod_bit_sizes} totals {self.log_q} bits > {bound} "
@@ -130,9 +141,7 @@ class CKKSParams:
             raise InsecureParamsError(f"unknown CKKS parameter fields {sorted(unknown)}")
 
         def as_int(v, what):
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 1 << 20:
-                raise InsecureParamsError(f"CKKS parameter {what}={v!r} is not an int in [1, 2^20]")
-            return v
+            return _untrusted_int(v, f"CKKS parameter {what}")
 
         try:
             primes = d["coeff_mod_bit_sizes"]
@@ -186,11 +195,11 @@ FIT_PRESETS: Mapping[str, CKKSParams] = {
 FIT_DEFAULT = N8192_V1
 
 
-def _resolve(name_or_params, table: Mapping[str, CKKSParams], default: CKKSParams,
-             what: str) -> CKKSParams:
+def _resolve(name_or_params, table: Mapping, default, what: str):
+    """``default`` for None, a parameter object of the default's class checked, else a preset by name."""
     if name_or_params is None:
         return default
-    if isinstance(name_or_params, CKKSParams):
+    if isinstance(name_or_params, type(default)):
         return name_or_params.check()
     if name_or_params not in table:
         raise InsecureParamsError(f"unknown {what} {name_or_params!r}; known {sorted(table)}")
@@ -246,10 +255,7 @@ class CoeffParams:
 
     def check(self) -> "CoeffParams":
         n = self.poly_modulus_degree
-        if n not in HE_STANDARD_MAX_LOGQ_128:
-            raise InsecureParamsError(
-                f"poly_modulus_degree {n} is not in the 128-bit table {sorted(HE_STANDARD_MAX_LOGQ_128)}")
-        bound = HE_STANDARD_MAX_LOGQ_128[n]
+        bound = _max_log_q(n)
         if self.prime_bits > bound:
             raise InsecureParamsError(
                 f"a {self.prime_bits}-bit modulus exceeds the {bound} bits allowed at N={n} for 128-bit security")
@@ -275,11 +281,7 @@ class CoeffParams:
         fields = [f.name for f in dataclasses.fields(cls)]
         if set(d) != set(fields):
             raise InsecureParamsError(f"parameters must have exactly the fields {fields}, got {sorted(d)}")
-        for key in fields:
-            v = d[key]
-            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 1 << 20:
-                raise InsecureParamsError(f"parameter {key}={v!r} is not an int in [1, 2^20]")
-        return cls(**{k: d[k] for k in fields}).check()
+        return cls(**{k: _untrusted_int(d[k], f"parameter {k}") for k in fields}).check()
 
 
 # Coefficient encoding at N = 4096: one 60-bit prime (of the 109 bits the table allows), the
@@ -294,10 +296,4 @@ COEFF_DEFAULT = C4096
 
 def get_coeff_params(name_or_params: "str | CoeffParams | None") -> CoeffParams:
     """A coefficient-encoding preset by name (``COEFF_PRESETS``), or a CoeffParams checked."""
-    if name_or_params is None:
-        return COEFF_DEFAULT
-    if isinstance(name_or_params, CoeffParams):
-        return name_or_params.check()
-    if name_or_params not in COEFF_PRESETS:
-        raise InsecureParamsError(f"unknown coefficient preset {name_or_params!r}; known {sorted(COEFF_PRESETS)}")
-    return COEFF_PRESETS[name_or_params]
+    return _resolve(name_or_params, COEFF_PRESETS, COEFF_DEFAULT, "coefficient preset")

@@ -70,6 +70,14 @@ def _pack_poly(res_kn: np.ndarray, moduli: "list[int]", drop: int = 0) -> bytes:
     return b"".join(out)
 
 
+def _unpack_values(data: bytes, off: int, n: int, w: int) -> np.ndarray:
+    """[n] uint64 values of ``w`` bits each, bit-packed little-endian from byte ``off``."""
+    nb = (n * w + 7) // 8
+    bits = np.zeros((n, 64), dtype=np.uint8)
+    bits[:, :w] = np.unpackbits(np.frombuffer(data, np.uint8, nb, off), bitorder="little")[: n * w].reshape(n, w)
+    return np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(n).astype(np.uint64)
+
+
 def _unpack_poly(data: bytes, moduli: "list[int]", n: int, what: str, drop: int = 0) -> np.ndarray:
     """Inverse of ``_pack_poly``; with ``drop`` the values are rounded coefficients v and the
     residues (v 2^drop) mod q come back (v <= round((q - 1) / 2^drop) is checked)."""
@@ -78,9 +86,7 @@ def _unpack_poly(data: bytes, moduli: "list[int]", n: int, what: str, drop: int 
     for j, q in enumerate(moduli):
         w = q.bit_length() - drop
         nb = (n * w + 7) // 8
-        bits = np.zeros((n, 64), dtype=np.uint8)
-        bits[:, :w] = np.unpackbits(np.frombuffer(data, np.uint8, nb, off), bitorder="little")[: n * w].reshape(n, w)
-        vals = np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(n).astype(np.uint64)
+        vals = _unpack_values(data, off, n, w)
         top = (q - 1) >> drop  # the largest (rounded) value
         if np.any(vals > np.uint64(top)):
             raise base.DeserializationError(f"{what}: a residue is not below its prime")
@@ -299,9 +305,11 @@ class PolyTransform:
     def _swap(self, res_kn: np.ndarray, level: int, to_ntt: bool) -> np.ndarray:
         seal = _seal()
         res = np.ascontiguousarray(res_kn, dtype=np.uint64).reshape(level, self.n)
+        # c1 = the constant 1: coefficients (1, 0, ..., 0), NTT form all ones.
         one = np.zeros((level, self.n), np.uint64)
-        one[:, 0] = 1  # the constant 1 is its own NTT: all ones
-        if not to_ntt:
+        if to_ntt:
+            one[:, 0] = 1
+        else:
             one[:] = 1
         ct = seal.Ciphertext()
         ct.load_bytes(self.ctx, self.codec._template(level, 1.0, ntt=not to_ntt) + res.tobytes() + one.tobytes())
@@ -310,8 +318,8 @@ class PolyTransform:
         else:
             self._ev.transform_from_ntt_inplace(ct)
         blob = ct.to_string()
-        k = level
-        return np.frombuffer(blob, np.uint64, k * self.n, len(blob) - 2 * k * self.n * 8).reshape(k, self.n).copy()
+        return np.frombuffer(blob, np.uint64, level * self.n, len(blob) - 2 * level * self.n * 8).reshape(
+            level, self.n).copy()
 
     def to_ntt(self, res_kn: np.ndarray, level: int) -> np.ndarray:
         return self._swap(res_kn, level, True)
@@ -382,10 +390,7 @@ def load_sparse(data: bytes, what: str, q: int, n: int, counts: "list[int]", sca
         c0 = _unpack_poly(data[off : off + nb0], [q], count, what)[0]
         off += nb0
         nb1 = (n * (w - drop_bits) + 7) // 8
-        bits = np.zeros((n, 64), dtype=np.uint8)
-        bits[:, : w - drop_bits] = np.unpackbits(np.frombuffer(data, np.uint8, nb1, off),
-                                                 bitorder="little")[: n * (w - drop_bits)].reshape(n, -1)
-        c1 = np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(n).astype(np.uint64)
+        c1 = _unpack_values(data, off, n, w - drop_bits)  # the rounded values, not residues
         if np.any(c1 > np.uint64((q - 1) >> drop_bits)):
             raise base.DeserializationError(f"{what}: a rounded coefficient is not below its prime")
         off += nb1
