@@ -112,7 +112,7 @@ class CoeffClient(base.ClientBackend):
         self._codec = wire.CompactCodec(self._ctx, seal.Encryptor(self._ctx, self._secret_key).encrypt_symmetric)
         self._poly = wire.PolyTransform(self._codec)
         self._seeded = wire.SeededEncryptor(self._ctx, self._secret_key)
-        s = self._poly.from_ntt(self._seeded._s[self._q], 1)[0].astype(np.int64)
+        s = self._poly.from_ntt(self._seeded._s[self._q][None], 1)[0].astype(np.int64)
         s = np.where(s > self._q // 2, s - self._q, s)
         if not np.all(np.abs(s) <= 1):
             raise base.FHEError("secret key is not ternary")

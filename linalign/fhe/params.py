@@ -297,3 +297,102 @@ COEFF_DEFAULT = C4096
 def get_coeff_params(name_or_params: "str | CoeffParams | None") -> CoeffParams:
     """A coefficient-encoding preset by name (``COEFF_PRESETS``), or a CoeffParams checked."""
     return _resolve(name_or_params, COEFF_PRESETS, COEFF_DEFAULT, "coefficient preset")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoeffFitParams:
+    """Parameters of the coefficient-encoded fit (``linalign.fhe.coeff_fit``).
+
+    The provider evaluates every ciphertext x plaintext product itself, in NTT form, as float64
+    matrix products over ``data_primes`` small RNS primes: a centred ciphertext residue is
+    below 2^(prime_bits - 1), a plaintext residue below 2^prime_bits, and a sum of
+    ``max_terms`` such products stays below 2^53, so BLAS computes it exactly and one reduction
+    per result suffices. The chain is ``data_primes`` primes of ``prime_bits`` plus SEAL's special prime
+    (same width; only the keys use it), all counted against the 128-bit table.
+
+    Attributes:
+      poly_modulus_degree: N.
+      prime_bits: width of every prime (SEAL picks the largest NTT primes of that width).
+      data_primes: primes the ciphertexts live on.
+      query_scale_bits: the client's columns (unit norm) are encoded at 2^query_scale_bits.
+      z_scale_bits: the provider's embeddings (column norm <= 64) at 2^z_scale_bits.
+    """
+
+    poly_modulus_degree: int
+    prime_bits: int
+    data_primes: int
+    query_scale_bits: int
+    z_scale_bits: int
+
+    @property
+    def coeff_mod_bit_sizes(self) -> "tuple[int, ...]":
+        return (self.prime_bits,) * (self.data_primes + 1)
+
+    @property
+    def log_q(self) -> int:
+        return self.prime_bits * (self.data_primes + 1)
+
+    @property
+    def product_scale_bits(self) -> int:
+        return self.query_scale_bits + self.z_scale_bits
+
+    @property
+    def headroom_bits(self) -> int:
+        """log2 of the largest |value| the data modulus holds at the product scale: SEAL's primes
+        of ``prime_bits`` lie just below 2^prime_bits (above 2^(prime_bits - 0.1) at N=4096), so
+        Q / 2 > 2^(data_primes prime_bits - 2) with a bit to spare."""
+        return self.data_primes * self.prime_bits - 2 - self.product_scale_bits
+
+    @property
+    def max_terms(self) -> int:
+        """Products one exact float64 sum may add: a centred residue (< 2^(prime_bits - 1)) times
+        a residue in [0, q) (< 2^prime_bits), 2^(53 - 2 prime_bits + 1) of them."""
+        return 1 << max(0, 53 - 2 * self.prime_bits + 1)
+
+    def check(self) -> "CoeffFitParams":
+        n = self.poly_modulus_degree
+        bound = _max_log_q(n)
+        if self.log_q > bound:
+            raise InsecureParamsError(
+                f"{self.data_primes + 1} primes of {self.prime_bits} bits ({self.log_q}) exceed the {bound} bits "
+                f"allowed at N={n} for 128-bit security")
+        if not 18 <= self.prime_bits <= 25:
+            raise InsecureParamsError(f"prime_bits must be in [18, 25] (exact float64 products), got {self.prime_bits}")
+        if not 2 <= self.data_primes <= 3:
+            raise InsecureParamsError(f"data_primes must be 2 or 3 (replies switch to the others, < 2^62), "
+                                      f"got {self.data_primes}")
+        if min(self.query_scale_bits, self.z_scale_bits) < 8:
+            raise InsecureParamsError(
+                f"scales 2^{self.query_scale_bits} (query) and 2^{self.z_scale_bits} (embeddings) are below 2^8")
+        if self.headroom_bits < 7:
+            raise InsecureParamsError(
+                f"{self.data_primes} primes of {self.prime_bits} bits leave {self.headroom_bits} bits above the "
+                f"product scale 2^{self.product_scale_bits}; values up to 64 plus the flood need 7")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "CoeffFitParams":
+        """Parses untrusted parameters (ints only, known fields only)."""
+        if not isinstance(d, Mapping):
+            raise InsecureParamsError(f"parameters must be an object, got {type(d).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if set(d) != set(fields):
+            raise InsecureParamsError(f"parameters must have exactly the fields {fields}, got {sorted(d)}")
+        return cls(**{k: _untrusted_int(d[k], f"parameter {k}") for k in fields}).check()
+
+
+# The fit at N = 4096: three 23-bit data primes and a 23-bit special prime (92 of 109 bits).
+# Columns at 2^46, embeddings at 2^14 (relative rounding 2^-15 of an entry of norm-64
+# columns), products at 2^60 under a 69-bit modulus: 7 bits of headroom for |value| <= 64 and
+# the flood. Exact float64 sums of up to 256 products (T <= 256 row chunks).
+F4096 = CoeffFitParams(4096, 23, 3, 46, 14).check()
+COEFF_FIT_PRESETS: Mapping[str, CoeffFitParams] = {"f4096": F4096}
+COEFF_FIT_DEFAULT = F4096
+
+
+def get_coeff_fit_params(name_or_params: "str | CoeffFitParams | None") -> CoeffFitParams:
+    """A coefficient-fit preset by name (``COEFF_FIT_PRESETS``), or a CoeffFitParams checked."""
+    return _resolve(name_or_params, COEFF_FIT_PRESETS, COEFF_FIT_DEFAULT, "coefficient fit preset")

@@ -106,16 +106,22 @@ def _round_coeffs(res_kn: np.ndarray, moduli: "list[int]", drop: int) -> np.ndar
 
 def expand_seed(seed: bytes, moduli: "list[int]", n: int) -> np.ndarray:
     """[k, n] uniform residues (NTT form) from a 32-byte seed: SHAKE-256 per prime, rejection
-    sampling on bit_length(q)-bit words (exactly uniform modulo q)."""
+    sampling on bit_length(q)-bit words read from ceil(bit_length(q) / 8) bytes each (exactly
+    uniform modulo q)."""
     out = np.empty((len(moduli), n), dtype=np.uint64)
     for j, q in enumerate(moduli):
         w = q.bit_length()
+        nb = (w + 7) // 8
         mask = np.uint64((1 << w) - 1)
         got, counter = [], 0
         have = 0
         while have < n:
-            xof = hashlib.shake_256(seed + struct.pack("<II", j, counter)).digest(8 * (n + n // 2))
-            cand = np.frombuffer(xof, np.uint64) & mask
+            xof = hashlib.shake_256(seed + struct.pack("<II", j, counter)).digest(nb * (n + n // 8 + 16))
+            b = np.frombuffer(xof, np.uint8).reshape(-1, nb).astype(np.uint64)
+            cand = b[:, 0].copy()
+            for i in range(1, nb):
+                cand |= b[:, i] << np.uint64(8 * i)
+            cand &= mask
             cand = cand[cand < np.uint64(q)]
             got.append(cand)
             have += cand.size
@@ -125,7 +131,10 @@ def expand_seed(seed: bytes, moduli: "list[int]", n: int) -> np.ndarray:
 
 
 def _mulmod(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    """a * b mod q for uint64 arrays of residues < q < 2^61 (exact, through Python ints)."""
+    """a * b mod q for uint64 arrays of residues < q < 2^61 (exact: in uint64 below 2^32,
+    through Python ints above)."""
+    if q < 1 << 32:
+        return (np.asarray(a, np.uint64) * np.asarray(b, np.uint64)) % np.uint64(q)
     prod = (a.astype(object) * b.astype(object)) % q
     return prod.astype(np.uint64)
 
@@ -148,6 +157,32 @@ class SeededEncryptor:
         data = np.frombuffer(blob, np.uint64, len(kmod) * n, len(blob) - len(kmod) * n * 8)
         self._s = {q: data[i * n : (i + 1) * n].copy() for i, q in enumerate(kmod)}  # NTT form
         self.n = n
+
+    def encrypt_coeffs(self, poly: "PolyTransform", coeffs: np.ndarray, scale: float, noise) -> "list[bytes]":
+        """Seeded encryptions of integer coefficient polynomials [P, N] at the top data level,
+        without a SEAL call per ciphertext: c0 = NTT(m + e) - a s with a expanded from a fresh
+        seed (as ``encrypt``), e from ``noise(shape)`` (small integers from a CSPRNG), the NTTs
+        batched through ``poly``. Same format as ``encrypt``; ~4x faster (the fit sends
+        thousands of ciphertexts).
+        """
+        moduli = moduli_at(self.ctx, self.ctx.first_parms_id())
+        k, n = len(moduli), self.n
+        m = np.asarray(coeffs, np.int64) + noise(np.shape(coeffs))
+        res = np.empty((len(m), k, n), np.uint64)
+        for j, q in enumerate(moduli):
+            res[:, j] = np.mod(m, q)
+        res = poly.to_ntt(res, k)
+        head = _HDR.pack(MAGIC, FLAG_SEEDED, k, scale)
+        out = []
+        for row in res:
+            seed = secrets.token_bytes(SEED_BYTES)
+            a = expand_seed(seed, moduli, n)
+            c0 = np.empty((k, n), dtype=np.uint64)
+            for j, q in enumerate(moduli):
+                qq = np.uint64(q)
+                c0[j] = (row[j] + (qq - _mulmod(a[j], self._s[q], q))) % qq
+            out.append(head + seed + _pack_poly(c0, moduli))
+        return out
 
     def encrypt(self, plain) -> bytes:
         """Compact seeded serialisation of Enc_sk(plain) at the plaintext's level."""
@@ -239,6 +274,20 @@ class CompactCodec:
         """Parses a compact ciphertext that must have ``level`` primes, ``scale``, the given
         seeding and truncation; returns a seal.Ciphertext (NTT form) validated by SEAL."""
         seal = _seal()
+        c0, c1 = self.parse(data, what, level, seeded, scale, drop_bits)
+        ct = seal.Ciphertext()
+        try:
+            # Rounded replies travel in coefficient form (the rounding is there): back to NTT.
+            ct.load_bytes(self.ctx, self._template(level, scale, ntt=not drop_bits) + c0.tobytes() + c1.tobytes())
+            if drop_bits:
+                self._ev.transform_to_ntt_inplace(ct)
+        except (RuntimeError, ValueError) as e:
+            raise base.DeserializationError(f"{what}: not a valid SEAL ciphertext ({e})") from None
+        return ct
+
+    def parse(self, data: bytes, what: str, level: int, seeded: bool, scale: float, drop_bits: int = 0):
+        """``load`` without SEAL: (c0, c1) residues [level, N] (NTT form unless truncated), each
+        checked below its prime, the seed expanded."""
         data = bytes(data)
         if level not in self._parms:
             raise base.DeserializationError(f"{what}: no level with {level} primes")
@@ -266,15 +315,7 @@ class CompactCodec:
         else:
             c0 = _unpack_poly(data[off : off + poly], moduli, self.n, what, drop_bits)
             c1 = _unpack_poly(data[off + poly : off + 2 * poly], moduli, self.n, what, drop_bits)
-        ct = seal.Ciphertext()
-        try:
-            # Rounded replies travel in coefficient form (the rounding is there): back to NTT.
-            ct.load_bytes(self.ctx, self._template(level, scale, ntt=not drop_bits) + c0.tobytes() + c1.tobytes())
-            if drop_bits:
-                self._ev.transform_to_ntt_inplace(ct)
-        except (RuntimeError, ValueError) as e:
-            raise base.DeserializationError(f"{what}: not a valid SEAL ciphertext ({e})") from None
-        return ct
+        return c0, c1
 
 
 # -- coefficient encoding (backend ``seal-coeff``) ---------------------------------------------
@@ -301,48 +342,113 @@ class PolyTransform:
         self._encoder = seal.CKKSEncoder(self.ctx)
         self._ev = seal.Evaluator(self.ctx)
         self._plain_heads: dict = {}
+        self._headers: dict = {}
+        self._ones: dict = {}
 
-    def _swap(self, res_kn: np.ndarray, level: int, to_ntt: bool) -> np.ndarray:
+    CARRIED = 15  # SEAL allows ciphertexts of up to 16 polynomials: 15 carried + the constant 1
+
+    def _header(self, level: int, polys: int, to_ntt: bool) -> bytes:
+        """SEAL's serialisation header of a ``polys``-polynomial ciphertext at ``level``: the
+        2-polynomial template's, with its four size fields rewritten (outer byte count, size,
+        data byte count, data element count); each is checked against the template first."""
+        key = (level, polys, to_ntt)
+        if key not in self._headers:
+            head = bytearray(self.codec._template(level, 1.0, ntt=not to_ntt))
+            data = level * self.n * 8
+            fields = {8: 113 + 2 * data, 49: 2, 97: 24 + 2 * data, 105: 2 * level * self.n}
+            if len(head) != 113 or any(struct.unpack_from("<Q", head, o)[0] != v for o, v in fields.items()):
+                raise base.FHEError("unexpected SEAL ciphertext serialisation: cannot carry polynomials")
+            for o, v in {8: 113 + polys * data, 49: polys, 97: 24 + polys * data,
+                         105: polys * level * self.n}.items():
+                struct.pack_into("<Q", head, o, v)
+            self._headers[key] = bytes(head)
+        return self._headers[key]
+
+    def _swap(self, res: np.ndarray, level: int, to_ntt: bool, prime_major: bool = False,
+              out: "np.ndarray | None" = None) -> np.ndarray:
+        """[P, level, N] (or, ``prime_major``, [level, P, N]) residues -> the same in the other
+        form, 15 polynomials per SEAL call."""
         seal = _seal()
-        res = np.ascontiguousarray(res_kn, dtype=np.uint64).reshape(level, self.n)
-        # c1 = the constant 1: coefficients (1, 0, ..., 0), NTT form all ones.
-        one = np.zeros((level, self.n), np.uint64)
-        if to_ntt:
-            one[:, 0] = 1
-        else:
-            one[:] = 1
+        if prime_major:
+            res = np.asarray(res, dtype=np.uint64).reshape(level, -1, self.n)
+            out = np.empty_like(res)
+            for s in range(0, res.shape[1], self.CARRIED):
+                m = min(self.CARRIED, res.shape[1] - s)
+                one = b"".join(
+                    res[p, s + i].tobytes() for i in range(m) for p in range(level))  # poly-major, as SEAL
+                got = self._carry(one, m, level, to_ntt)
+                out[:, s : s + m] = got.transpose(1, 0, 2)
+            return out
+        res = np.ascontiguousarray(res, dtype=np.uint64).reshape(-1, level, self.n)
+        out = np.empty_like(res) if out is None else out.reshape(res.shape)
+        for s in range(0, len(res), self.CARRIED):
+            part = res[s : s + self.CARRIED]
+            out[s : s + len(part)] = self._carry(part.tobytes(), len(part), level, to_ntt)
+        return out
+
+    def _carry(self, data: bytes, m: int, level: int, to_ntt: bool) -> np.ndarray:
+        """``m`` polynomials (serialised [m, level, N]) through one SEAL transform."""
+        seal = _seal()
+        # The last polynomial is the constant 1 (coefficients (1, 0, ..., 0), NTT form all ones):
+        # SEAL refuses a transparent ciphertext.
+        key = (level, to_ntt)
+        if key not in self._ones:
+            one = np.zeros((level, self.n), np.uint64)
+            if to_ntt:
+                one[:, 0] = 1
+            else:
+                one[:] = 1
+            self._ones[key] = one.tobytes()
         ct = seal.Ciphertext()
-        ct.load_bytes(self.ctx, self.codec._template(level, 1.0, ntt=not to_ntt) + res.tobytes() + one.tobytes())
+        ct.load_bytes(self.ctx, self._header(level, m + 1, to_ntt) + data + self._ones[key])
         if to_ntt:
             self._ev.transform_to_ntt_inplace(ct)
         else:
             self._ev.transform_from_ntt_inplace(ct)
         blob = ct.to_string()
-        return np.frombuffer(blob, np.uint64, level * self.n, len(blob) - 2 * level * self.n * 8).reshape(
-            level, self.n).copy()
+        return np.frombuffer(blob, np.uint64, m * level * self.n, 113).reshape(m, level, self.n)
 
-    def to_ntt(self, res_kn: np.ndarray, level: int) -> np.ndarray:
-        return self._swap(res_kn, level, True)
+    def to_ntt(self, res: np.ndarray, level: int, out: "np.ndarray | None" = None) -> np.ndarray:
+        """[level, N] or [P, level, N] coefficient residues -> NTT form (same shape; into
+        ``out`` if given)."""
+        return self._swap(res, level, True, out=out).reshape(np.shape(res))
 
-    def from_ntt(self, res_kn: np.ndarray, level: int) -> np.ndarray:
-        return self._swap(res_kn, level, False)
+    def from_ntt(self, res: np.ndarray, level: int, out: "np.ndarray | None" = None) -> np.ndarray:
+        """[level, N] or [P, level, N] NTT-form residues -> coefficients (same shape; into
+        ``out`` if given)."""
+        return self._swap(res, level, False, out=out).reshape(np.shape(res))
+
+    def to_ntt_pm(self, res: np.ndarray) -> np.ndarray:
+        """[level, P, N] coefficient residues (prime-major) -> NTT form, same layout."""
+        return self._swap(res, len(res), True, prime_major=True)
+
+    def from_ntt_pm(self, res: np.ndarray) -> np.ndarray:
+        """[level, P, N] NTT-form residues (prime-major) -> coefficients, same layout."""
+        return self._swap(res, len(res), False, prime_major=True)
 
     def plaintext(self, coeffs: np.ndarray, scale: float, level: int):
         """NTT-form seal.Plaintext at ``level`` primes whose polynomial has the given integer
         coefficients [N] (int64, |c| < q / 2) and whose scale is ``scale``."""
+        return self.plaintexts(np.asarray(coeffs)[None], scale, level)[0]
+
+    def plaintexts(self, coeffs: np.ndarray, scale: float, level: int) -> list:
+        """``plaintext`` for [P, N] integer coefficient rows, the NTTs batched."""
         seal = _seal()
         moduli = moduli_at(self.ctx, self.codec._parms[level])
         c = np.asarray(coeffs, np.int64)
-        res = np.stack([np.mod(c, np.int64(q)).astype(np.uint64) for q in moduli])
+        res = np.stack([np.mod(c, np.int64(q)).astype(np.uint64) for q in moduli], axis=1)  # [P, level, N]
         key = (level, scale)
         if key not in self._plain_heads:
             pt = self._encoder.encode(0.0, scale)
             self._ev.mod_switch_to_inplace(pt, self.codec._parms[level])
             blob = pt.to_bytes()
             self._plain_heads[key] = blob[: len(blob) - level * self.n * 8]
-        pt = seal.Plaintext()
-        pt.load_bytes(self.ctx, self._plain_heads[key] + self.to_ntt(res, level).tobytes())
-        return pt
+        out = []
+        for row in self.to_ntt(res, level):
+            pt = seal.Plaintext()
+            pt.load_bytes(self.ctx, self._plain_heads[key] + row.tobytes())
+            out.append(pt)
+        return out
 
 
 def sparse_reply_bytes(q: int, n: int, counts: "list[int]", drop_bits: int) -> int:
