@@ -53,13 +53,14 @@ from linalign.fhe.params import CoeffFitParams, get_coeff_fit_params
 NAME = "seal-coeff-fit"
 MAX_ROWS = 1 << 20
 MAX_DIM = 1 << 13
-MAX_PLAINTEXTS = 1 << 17  # T G provider plaintexts (6 GB of float64 at N = 4096, 3 primes)
+MAX_PLAINTEXTS = 1 << 14  # T G provider plaintexts (1.6 GB of float64 at N = 4096, 3 primes)
 ROUNDING_BITS = 22  # reply c1 rounded to 2^(product scale - prime - 22): ~4e-6 of a value
-MESSAGE_TARGET_BYTES = 16 << 20  # the client packs groups into messages of about this size
-# Costs per unit measured on SEAL's binding (ms), used only to pick the layout: a reply
-# polynomial (re-randomise, inverse NTT, flood, pack, decrypt), a provider plaintext (NTT,
-# products), a query polynomial (encrypt, parse).
-COST_REPLY, COST_PLAIN, COST_QUERY = 0.5, 0.15, 1.5
+MESSAGE_TARGET_BYTES = 8 << 20  # the client packs groups into messages of about this size (measured:
+# 3 groups of 2.4 MB per message beat 1, 6 or 12 at n = 4096, 384 -> 768)
+# Costs per unit (ms, measured at n = 4096, 384 -> 768 on a 2-core Xeon), used only to pick the
+# layout: a reply polynomial (re-randomise, NTTs, flood, switch, pack, decrypt), a provider
+# plaintext (its share of the table product and memory), a query polynomial (encrypt, parse).
+COST_REPLY, COST_PLAIN, COST_QUERY = 1.3, 0.25, 2.2
 
 
 def choose_layout(n: int, h: int, d_a: int, params: CoeffFitParams) -> CoefficientLayout:
@@ -380,33 +381,46 @@ class CoeffFitClient:
         return from_moments(self.n, self.mean_b, cross[-1], zc.T @ zc, cross[:-1])
 
     # -- calibration: decryption of an unswitched, unflooded reply --------------------------
-    def _decrypt_exact(self, c_full: np.ndarray, j: int) -> "list[list[int]]":
-        """Per reply g, the exact decrypted integers (Python ints, centred mod Q) of an
-        unswitched reply [2, G, primes, N] in coefficient form."""
+    def _decrypt_exact(self, c0: np.ndarray, c1: np.ndarray, j: int) -> "list[np.ndarray]":
+        """Per reply g, the decrypted values (``_crt_small``: modulo 2^64) of an unswitched
+        reply: c0 [primes, G, cols B] at every score position, c1 [G, primes, N] coefficients."""
         geo = self.geo
         out = []
-        qq = math.prod(geo.moduli)
         for g in range(self.layout.replies):
             idx = geo.sent(j, g)
             res = []
             for p, q in enumerate(geo.moduli):
-                c1 = _centred(c_full[1, g, p][None], [q], 0)[0]
-                acc = np.rint(c1 @ self._rows[idx].T).astype(np.int64)
-                res.append((c_full[0, g, p, geo.positions(idx)].astype(np.int64) + acc) % q)
-            vals = []
-            for r in zip(*res):
-                v = _crt([int(x) for x in r], geo.moduli)
-                vals.append(v - qq if v > qq // 2 else v)
-            out.append(vals)
+                c1p = _centred(c1[g, p][None], [q], 0)[0]
+                acc = np.rint(c1p @ self._rows[idx].T).astype(np.int64)
+                res.append((c0[p, g, idx].astype(np.int64) + acc) % q)
+            out.append(_crt_small(np.stack(res), geo.moduli))
         return out
 
 
-def _crt(residues: "list[int]", moduli: "list[int]") -> int:
-    total, prod = 0, math.prod(moduli)
-    for r, q in zip(residues, moduli):
-        m = prod // q
-        total += r * m * pow(m, -1, q)
-    return total % prod
+def _crt_small(res: np.ndarray, moduli: "list[int]") -> np.ndarray:
+    """Residues [primes, m] -> the centred values modulo 2^64 (int64, wrapping): Garner's mixed
+    radix, centred by its top digit. Exact for |v| < 2^63; beyond, the difference of two such
+    results is still exact when the true difference is below 2^63 (calibration's use)."""
+    digits, prod = [res[0].astype(np.int64)], 1
+    for p in range(1, len(moduli)):
+        q = moduli[p]
+        prod_p = math.prod(moduli[:p])
+        val = np.zeros_like(digits[0])
+        radix = 1
+        for i, d in enumerate(digits):  # the value so far, mod q
+            val = (val + d % q * (radix % q)) % q
+            radix *= moduli[i]
+        digits.append(np.mod(res[p].astype(np.int64) - val, q) * pow(prod_p, -1, q) % q)
+    with np.errstate(over="ignore"):
+        v = np.zeros_like(digits[0])
+        radix = 1
+        for i, d in enumerate(digits):
+            v = v + d * np.int64(radix % (1 << 64) - (1 << 64) if radix % (1 << 64) >= 1 << 63 else radix % (1 << 64))
+            radix *= moduli[i]
+        total = math.prod(moduli) % (1 << 64)
+        total = np.int64(total - (1 << 64) if total >= 1 << 63 else total)
+        v = np.where(digits[-1] > moduli[-1] // 2, v - total, v)
+    return v
 
 
 class CoeffFitProvider:
@@ -476,6 +490,7 @@ class CoeffFitProvider:
         self._plain = self._plaintexts(self._z_scaled)
         self._seen: set = set()
         self._buffers: dict = {}
+        self._inverse = None  # coefficient extraction tables, built on first use
         self._rng = np.random.default_rng(secrets.randbits(128))
         self._calibration = bool(_calibration)
         self._sigma = 0.0
@@ -596,10 +611,12 @@ class CoeffFitProvider:
             _transpose_into(rows[:, p], y.reshape(big, -1))
         return out
 
-    def _coefficients(self, y: np.ndarray, j: int, private: bool) -> np.ndarray:
-        """Group j of the NTT-form products [k, 2, G, primes, N] -> [2, G, primes, N] in
-        coefficient form, re-randomised with an encryption of zero under the client's key if
-        ``private`` (scratch buffer: valid until the next call)."""
+    def _coefficients(self, y: np.ndarray, j: int, private: bool) -> "tuple[np.ndarray, np.ndarray]":
+        """Group j of the NTT-form products [k, 2, G, primes, N] -> (c0 at every score position
+        [primes, G, cols B], c1 in coefficient form [G, primes, N]), re-randomised with an
+        encryption of zero under the client's key if ``private`` (scratch buffers: valid until
+        the next call). Only c1 goes through an inverse NTT; c0's few coefficients are read
+        off by ``_extract``."""
         _, _, g, level, big = y.shape
         qs = np.asarray(self.geo.moduli, np.uint64)[:, None]
         yj = y[j]
@@ -614,38 +631,64 @@ class CoeffFitProvider:
                 np.multiply(u_ntt, self._pk[s], out=tmp)
                 np.add(yj[s], tmp, out=yj[s])
                 np.remainder(yj[s], qs, out=yj[s])
-        c = self._poly.from_ntt(yj.reshape(-1, level, big), level,
-                                out=self._buffer("coeffs", (2 * g, level, big), np.uint64)).reshape(yj.shape)
+        c0 = self._extract(yj[0])
+        c1 = self._poly.from_ntt(yj[1], level, out=self._buffer("c1", (g, level, big), np.uint64))
         if private:
             # e1 makes a_pk u + e1 an RLWE sample, so c1 hides c1_W; c0 needs no e0: its sent
             # coefficients are flooded, the others never leave.
             e = _secure_noise((g, 1, big))
-            np.add(c[1], np.where(e < 0, e.astype(np.uint64) + qs, e.astype(np.uint64)), out=c[1])
-            np.remainder(c[1], qs, out=c[1])
-        return c
+            np.add(c1, np.where(e < 0, e.astype(np.uint64) + qs, e.astype(np.uint64)), out=c1)
+            np.remainder(c1, qs, out=c1)
+        return c0, c1
 
-    def _reply_blob(self, c: np.ndarray, j: int) -> bytes:
-        """One group's coefficient-form reply [2, G, primes, N] -> flooded, switched, packed."""
+    def _extract(self, y0: np.ndarray) -> np.ndarray:
+        """NTT-form polynomials [G, primes, N] -> their coefficients at the score positions
+        [primes, G, cols B]: a_i = N^-1 sum_k a_k r_k^-i, as two exact float64 matrix products
+        per prime (the table split in 12-bit limbs: centred residue x limb x N < 2^47)."""
+        if self._inverse is None:
+            big = self.params.poly_modulus_degree
+            pos = self.geo.positions(np.arange(self.layout.cols * self.layout.batch))
+            x = np.zeros((len(self.geo.moduli), 1, big), np.uint64)
+            x[:, 0, 1] = 1
+            roots = self._poly.to_ntt_pm(x)[:, 0]
+            self._inverse = []
+            for p, q in enumerate(self.geo.moduli):
+                v = _powers(roots[p], (2 * big - pos) % (2 * big), q) * np.uint64(pow(big, -1, q)) % np.uint64(q)
+                v = np.ascontiguousarray(v.T)  # [N, positions]
+                self._inverse.append(((v & np.uint64(0xFFF)).astype(np.float64), (v >> np.uint64(12)).astype(np.float64)))
+        g, level, big = y0.shape
+        out = np.empty((level, g, len(self._inverse[0][0][0])), np.uint64)
+        for p, q in enumerate(self.geo.moduli):
+            x = _centre_inplace(y0[:, p].astype(np.float64), q)
+            lo, hi = (x @ self._inverse[p][0], x @ self._inverse[p][1])
+            _fmod_inplace(lo, q)
+            _fmod_inplace(hi, q)
+            hi *= 4096.0
+            lo += hi
+            out[p] = _fmod_inplace(lo, q)
+        return out
+
+    def _reply_blob(self, c0_all: np.ndarray, c1: np.ndarray, j: int) -> bytes:
+        """One group's reply (``_coefficients``) -> flooded, switched, packed."""
         from linalign.fhe.privacy import _residues, integer_gaussian
 
         geo, lay = self.geo, self.layout
         moduli = geo.moduli
         qs = np.asarray(moduli, np.uint64)[:, None]
-        c0s = []
-        for g in range(lay.replies):
-            c0 = c[0, g][:, geo.positions(geo.sent(j, g))]  # [primes, count]
-            if self._sigma > 0:
-                hi, lo = integer_gaussian(self._rng, self._sigma, c0.shape[1])
-                c0 = (c0 + _residues(hi, lo, moduli)) % qs
-            c0s.append(_switch_crt(c0, moduli))
-        c1 = _switch_crt(c[1].transpose(1, 0, 2).reshape(len(moduli), -1), moduli).reshape(lay.replies, -1)
-        return wire.dump_sparse(c0s, list(c1), geo.q_kept, geo.switched_scale, geo.drop_bits)
+        counts = geo.counts(j)
+        c0 = np.concatenate([c0_all[:, g, geo.sent(j, g)] for g in range(lay.replies)], axis=1)  # [primes, sent]
+        if self._sigma > 0:
+            hi, lo = integer_gaussian(self._rng, self._sigma, c0.shape[1])
+            c0 = (c0 + _residues(hi, lo, moduli)) % qs
+        c0 = np.split(_switch_crt(c0, moduli), np.cumsum(counts)[:-1])
+        c1 = _switch_crt(c1.transpose(1, 0, 2).reshape(len(moduli), -1), moduli).reshape(lay.replies, -1)
+        return wire.dump_sparse(c0, list(c1), geo.q_kept, geo.switched_scale, geo.drop_bits)
 
     def cross(self, message: bytes) -> bytes:
         """One message of column groups -> their replies (sanitised)."""
         groups, cts = self._parse(message)
         y = self._products(cts)
-        blobs = [self._reply_blob(self._coefficients(y, i, private=not self._calibration), j)
+        blobs = [self._reply_blob(*self._coefficients(y, i, private=not self._calibration), j)
                  for i, j in enumerate(groups)]
         return base.pack_blobs({"kind": "fit-reply", "first": groups.start, "count": len(groups)}, blobs)
 
@@ -698,24 +741,28 @@ def calibrate(provider: CoeffFitProvider, policy, seed: int = 0) -> float:
         groups, cts = provider._parse(msg)
     finally:
         provider._seen = saved
-    c = provider._coefficients(provider._products(cts), 0, private=False)
-    got = client._decrypt_exact(c, 0)
+    got = client._decrypt_exact(*provider._coefficients(provider._products(cts), 0, private=False), 0)
     # Exact integers: x (|x| < 2^47) split in 24-bit halves, each product sum exact in int64.
     x_int = client._group_coeffs(0)  # [T, N]
     cols = client.geo.group_columns(0)
     xs = x_int[:, : cols * lay.chunk].reshape(lay.queries, cols, lay.chunk).transpose(1, 0, 2).reshape(cols, -1)
     xs = xs[:, : provider.n]
     zs = np.rint(provider._z_scaled * 2.0**provider.params.z_scale_bits).astype(np.int64)
-    hi, lo = xs >> 24, xs & ((1 << 24) - 1)
-    exact_hi, exact_lo = hi @ zs, lo @ zs  # [cols, d_a]
-    worst = 0
+    # x (|x| < 2^47) in 16-bit limbs: limb x z x n < 2^16 2^21 2^12 -> exact float64 BLAS products,
+    # recombined modulo 2^64 like the decrypted values (``_crt_small``).
+    zf = zs.astype(np.float64)
+    with np.errstate(over="ignore"):
+        exact = np.zeros((xs.shape[0], zs.shape[1]), np.int64)
+        for shift in (0, 16, 32):
+            limb = ((xs >> shift) & 0xFFFF) if shift < 32 else (xs >> 32)
+            exact += np.rint(limb.astype(np.float64) @ zf).astype(np.int64) << np.int64(shift)
+    worst = 0.0
     for g in range(lay.replies):
         idx = client.geo.sent(0, g)
-        c_idx, b_idx = idx // lay.batch, idx % lay.batch
-        a_idx = g * lay.cols + c_idx
-        for v, b, a in zip(got[g], b_idx, a_idx):
-            want = (int(exact_hi[b, a]) << 24) + int(exact_lo[b, a])
-            worst = max(worst, abs(v - want))
+        b_idx, a_idx = idx % lay.batch, g * lay.cols + idx // lay.batch
+        with np.errstate(over="ignore"):
+            err = got[g] - exact[b_idx, a_idx]  # the true difference is far below 2^63
+        worst = max(worst, float(np.abs(err).max()))
     if not worst > 0:
         raise base.FHEError("noise calibration failed: no error measured")
     return policy.margin * worst / geo.scale
