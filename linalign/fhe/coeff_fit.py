@@ -54,7 +54,10 @@ NAME = "seal-coeff-fit"
 MAX_ROWS = 1 << 20
 MAX_DIM = 1 << 13
 MAX_PLAINTEXTS = 1 << 14  # T G provider plaintexts (1.6 GB of float64 at N = 4096, 3 primes)
-ROUNDING_BITS = 22  # reply c1 rounded to 2^(product scale - prime - 22): ~4e-6 of a value
+# The reply's c1 is rounded to a multiple of 2^drop_bits after the flood, with drop_bits the
+# largest that keeps the rounding error (std 0.29 2^t sqrt(2N/3), ~15 2^t at N = 4096) below a
+# quarter of the flood's std: the provider announces it.
+ROUNDING_MARGIN = 4.0
 MESSAGE_TARGET_BYTES = 8 << 20  # the client packs groups into messages of about this size (measured:
 # 3 groups of 2.4 MB per message beat 1, 6 or 12 at n = 4096, 384 -> 768)
 # Costs per unit (ms, measured at n = 4096, 384 -> 768 on a 2-core Xeon), used only to pick the
@@ -193,7 +196,7 @@ class _Geometry:
             raise base.FHEError("the switched modulus must stay below 2^62")
         self.scale = 2.0**params.product_scale_bits  # of the products, over all data primes
         self.switched_scale = self.scale / self.moduli[-1]
-        self.drop_bits = max(0, params.product_scale_bits - params.prime_bits - ROUNDING_BITS)
+        self.max_drop_bits = self.q_kept.bit_length() - 9
 
     def group_columns(self, j: int) -> int:
         """Client columns in group j (the last may have fewer)."""
@@ -273,6 +276,7 @@ class CoeffFitClient:
         gpm = groups_per_message or max(1, MESSAGE_TARGET_BYTES // per_group)
         self.groups_per_message = int(min(max(1, gpm), self.geo.groups, base.MAX_BLOBS // self.layout.queries))
         self._bounds: "dict | None" = None
+        self.drop_bits = 0
         lay = self.layout
         self._public = base.pack_blobs(
             {"backend": NAME, "n": self.n, "d_b": self.d_b, "d_a": self.d_a, "params": self.params.to_dict(),
@@ -303,13 +307,14 @@ class CoeffFitClient:
         try:
             b = {k: float(announced[k]) for k in ("za_scale", "za_col_norm", "flood_std")}
             drop = announced["drop_bits"]
+            if not isinstance(drop, int) or isinstance(drop, bool) or not 0 <= drop <= self.geo.max_drop_bits:
+                raise ValueError(f"drop_bits={drop!r} not an int in [0, {self.geo.max_drop_bits}]")
         except (KeyError, TypeError, ValueError) as e:
             raise base.FHEError(f"provider's fit announcement lacks a bound ({e})") from None
         if not all(np.isfinite(v) and v >= 0 for v in b.values()) or b["za_scale"] <= 0:
             raise base.FHEError(f"provider's fit bounds are not usable: {b}")
-        if drop != self.geo.drop_bits:
-            raise base.FHEError(f"provider rounds replies by {drop!r} bits, the parameters say {self.geo.drop_bits}")
         self._bounds = b
+        self.drop_bits = drop
 
     def _group_coeffs(self, j: int) -> np.ndarray:
         """[T, N] integer coefficients of group j's query polynomials."""
@@ -360,7 +365,7 @@ class CoeffFitClient:
                 or meta.get("count") != len(groups) or len(blobs) != len(groups):
             raise base.DeserializationError(f"fit reply: expected kind 'fit-reply' for groups {groups.start}.."
                                             f"{groups.stop - 1} with one blob each")
-        vals = np.concatenate([self._decrypt_group(b, j, self.geo.drop_bits) for b, j in zip(blobs, groups)])
+        vals = np.concatenate([self._decrypt_group(b, j, self.drop_bits) for b, j in zip(blobs, groups)])
         b = self._bounds
         limit = b["za_col_norm"] + 8 * b["flood_std"] + 1e-6
         worst = float(np.abs(vals).max())
@@ -401,7 +406,7 @@ def _crt_small(res: np.ndarray, moduli: "list[int]") -> np.ndarray:
     """Residues [primes, m] -> the centred values modulo 2^64 (int64, wrapping): Garner's mixed
     radix, centred by its top digit. Exact for |v| < 2^63; beyond, the difference of two such
     results is still exact when the true difference is below 2^63 (calibration's use)."""
-    digits, prod = [res[0].astype(np.int64)], 1
+    digits = [res[0].astype(np.int64)]
     for p in range(1, len(moduli)):
         q = moduli[p]
         prod_p = math.prod(moduli[:p])
@@ -496,12 +501,18 @@ class CoeffFitProvider:
         self._sigma = 0.0
         self.flood_std = 0.0
         self.bound = 0.0
+        self.drop_bits = 0
         if not _calibration:
             self.policy = policy if policy is not None else FloodPolicy()
             self.bound = float(bound) if bound is not None else calibrate(self, self.policy)
             sent = self.layout.batch * self.d_a  # coefficients per group reply
             self._sigma = self.policy.sigma(math.sqrt(sent) * self.bound, self.geo.scale)
             self.flood_std = self._sigma / self.geo.scale
+            big = self.params.poly_modulus_degree
+            rounding = 0.29 * math.sqrt(2 * big / 3)  # std of the c1 rounding error per 2^t
+            flood_switched = self._sigma / self.geo.moduli[-1]
+            t = math.floor(math.log2(max(flood_switched / (ROUNDING_MARGIN * rounding), 1.0)))
+            self.drop_bits = int(min(t, self.geo.max_drop_bits))
 
     def is_private(self) -> bool:
         return False  # built from parameters and a public key only
@@ -559,7 +570,7 @@ class CoeffFitProvider:
 
     def announce(self) -> dict:
         return {"za_scale": self.za_scale, "za_col_norm": self.za_col_norm, "flood_std": self.flood_std,
-                "drop_bits": self.geo.drop_bits, "groups": self.geo.groups}
+                "drop_bits": self.drop_bits, "groups": self.geo.groups}
 
     @property
     def done(self) -> bool:
@@ -682,7 +693,7 @@ class CoeffFitProvider:
             c0 = (c0 + _residues(hi, lo, moduli)) % qs
         c0 = np.split(_switch_crt(c0, moduli), np.cumsum(counts)[:-1])
         c1 = _switch_crt(c1.transpose(1, 0, 2).reshape(len(moduli), -1), moduli).reshape(lay.replies, -1)
-        return wire.dump_sparse(c0, list(c1), geo.q_kept, geo.switched_scale, geo.drop_bits)
+        return wire.dump_sparse(c0, list(c1), geo.q_kept, geo.switched_scale, self.drop_bits)
 
     def cross(self, message: bytes) -> bytes:
         """One message of column groups -> their replies (sanitised)."""

@@ -277,6 +277,20 @@ class FitClient:
         for j in range(self.num_columns):
             yield self.encrypt_column(j)
 
+    # The message interface both fit backends share (``make_fit_client``): one column each.
+    @property
+    def num_messages(self) -> int:
+        return self.num_columns
+
+    def message_columns(self, i: int) -> range:
+        return range(i, i + 1)
+
+    def encrypt_message(self, i: int) -> bytes:
+        return self.encrypt_column(i)
+
+    def decrypt_message(self, reply: bytes, i: int) -> np.ndarray:
+        return self.decrypt_column(reply, i)[None]
+
     def decrypt_slots(self, reply: bytes, *, _calibration: bool = False) -> np.ndarray:
         """All [S] decoded slots of a reply (tests: what a curious client could read)."""
         meta, blobs = base.unpack_blobs(reply, what="fit reply")
@@ -494,25 +508,54 @@ def calibrate(params: CKKSParams, layout: FitLayout, z_na: np.ndarray, policy, s
     return noise_bound([got - want], policy)
 
 
-def encrypted_cross(client: FitClient, provider: FitProvider, progress: bool = False) -> "tuple[np.ndarray, dict]":
-    """Runs the fitting exchange in one process (tests, benchmarks).
+FIT_BACKENDS = ("seal-coeff-fit", NAME)  # coefficient encoding (default), slots
+DEFAULT_FIT_BACKEND = "seal-coeff-fit"
+
+
+def make_fit_client(z_nb: np.ndarray, d_a: int, backend: "str | None" = None, params=None):
+    """The client of a fit backend (``FIT_BACKENDS``; default ``seal-coeff-fit``)."""
+    backend = backend or DEFAULT_FIT_BACKEND
+    if backend == NAME:
+        return FitClient(z_nb, d_a, params)
+    if backend == "seal-coeff-fit":
+        from linalign.fhe.coeff_fit import CoeffFitClient
+
+        return CoeffFitClient(z_nb, d_a, params)
+    raise base.FHEError(f"unknown fit backend {backend!r}; known {list(FIT_BACKENDS)}")
+
+
+def make_fit_provider(public_context: bytes, z_na: np.ndarray, policy=None, bound: "float | None" = None):
+    """The provider for a client's fit context, by its ``backend`` field."""
+    meta, _ = base.unpack_blobs(public_context, what="fit context")
+    backend = meta.get("backend")
+    if backend == NAME:
+        return FitProvider(public_context, z_na, policy, bound)
+    if backend == "seal-coeff-fit":
+        from linalign.fhe.coeff_fit import CoeffFitProvider
+
+        return CoeffFitProvider(public_context, z_na, policy, bound)
+    raise base.DeserializationError(f"fit context: unknown backend {backend!r}; known {list(FIT_BACKENDS)}")
+
+
+def encrypted_cross(client, provider, progress: bool = False) -> "tuple[np.ndarray, dict]":
+    """Runs the fitting exchange in one process (tests, benchmarks), any fit backend.
 
     Returns:
       ([d_b + 1, d_a] decrypted X^T Z_A, {"setup_bytes", "up_bytes", "down_bytes"}).
     """
     rows, up, down = [], 0, 0
     client.set_provider_bounds(provider.announce())
-    cols = range(client.num_columns)
+    msgs = range(client.num_messages)
     if progress:
         from tqdm import tqdm
 
-        cols = tqdm(cols, desc="encrypted columns")
-    for j in cols:
-        msg = client.encrypt_column(j)
+        msgs = tqdm(msgs, desc="encrypted fit messages")
+    for i in msgs:
+        msg = client.encrypt_message(i)
         rep = provider.cross(msg)
         up, down = up + len(msg), down + len(rep)
-        rows.append(client.decrypt_column(rep, j))
-    return np.stack(rows), {
+        rows.append(client.decrypt_message(rep, i))
+    return np.concatenate(rows), {
         "setup_bytes": len(client.public_context()),
         "up_bytes": up,
         "down_bytes": down,

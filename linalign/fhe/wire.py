@@ -368,10 +368,9 @@ class PolyTransform:
               out: "np.ndarray | None" = None) -> np.ndarray:
         """[P, level, N] (or, ``prime_major``, [level, P, N]) residues -> the same in the other
         form, 15 polynomials per SEAL call."""
-        seal = _seal()
         if prime_major:
             res = np.asarray(res, dtype=np.uint64).reshape(level, -1, self.n)
-            out = np.empty_like(res)
+            out = np.empty_like(res) if out is None else out.reshape(res.shape)
             for s in range(0, res.shape[1], self.CARRIED):
                 m = min(self.CARRIED, res.shape[1] - s)
                 one = b"".join(

@@ -94,6 +94,8 @@ def define_fit_flags() -> None:
     shared.define_lam("1e-2", "the encrypted fit takes a fixed number (no cross-validation "
                       "over the provider's data).")
     shared.define_out_dir("Directory for map.safetensors (created; refused if it holds other files).")
+    flags.DEFINE_enum("fit_backend", "seal-coeff-fit", ["seal-coeff-fit", "seal-fit"],
+                      "Encrypted fit: coefficient encoding (default, ~10x faster) or the slot-packed one.")
     # Old spelling: the map file itself.
     flags.DEFINE_string("map_out", None, "Deprecated: the map file; use --out_dir.")
     shared.HIDDEN.add("map_out")
@@ -213,7 +215,6 @@ class _Bar:
 
 def fit_main(argv) -> None:
     from linalign.align.lambdas import LambdaSpec
-    from linalign.helix import messages as M
 
     _no_args(argv)
     spec = LambdaSpec.parse(FLAGS.lam)
@@ -223,11 +224,19 @@ def fit_main(argv) -> None:
     path = _output(FLAGS.out_dir, FLAGS.map_out, "--map_out", "map.safetensors")
     flag = "--map_out" if FLAGS.map_out else "--out_dir"
     check_map_out(path, FLAGS.overwrite, flag)
+    from tqdm.auto import tqdm
+
+    from linalign.fhe.params import COEFF_FIT_PRESETS
+
     z = _load_npy(FLAGS.public, "public")
+    # --params names a CKKS chain (seal-fit); the coefficient fit takes it only when it names
+    # one of its own presets.
+    params = FLAGS.params if FLAGS.fit_backend == "seal-fit" or FLAGS.params in COEFF_FIT_PRESETS else None
     with _client() as cl:
-        bar = _Bar(cl, M.MsgType.FIT_COLUMN, int(z.shape[1]) + 1, "encrypted fit", "col")
+        bar = tqdm(total=int(z.shape[1]) + 1, desc="encrypted fit", unit="col", mininterval=1.0)
         try:
-            affine = cl.fit(z, spec.value, FLAGS.params)
+            affine = cl.fit(z, spec.value, params, backend=FLAGS.fit_backend,
+                            progress=lambda done, total: bar.update(done - bar.n))
         finally:
             bar.close()
         stats = cl.stats

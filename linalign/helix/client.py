@@ -21,7 +21,7 @@ import hmac
 import secrets as pysecrets
 import socket
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from absl import logging
@@ -215,30 +215,40 @@ class HelixClient:
         self.stats.query_seconds += time.perf_counter() - t0
         return out
 
-    def fit_stats(self, z_public_nb: np.ndarray, d_a: int, params=None):
-        """Runs the encrypted fitting exchange; returns linalign.align SufficientStats."""
-        from linalign.fhe.fitting import FitClient
+    def fit_stats(self, z_public_nb: np.ndarray, d_a: int, params=None, backend: "str | None" = None,
+                  progress: "Callable[[int, int], None] | None" = None):
+        """Runs the encrypted fitting exchange; returns linalign.align SufficientStats.
+
+        Args:
+          backend: a fit backend (``linalign.fhe.fitting.FIT_BACKENDS``; default seal-coeff-fit).
+          progress: called with (columns done, columns in all) after each message.
+        """
+        from linalign.fhe.fitting import make_fit_client
 
         t0 = time.perf_counter()
-        fc = FitClient(z_public_nb, d_a, params)
+        fc = make_fit_client(z_public_nb, d_a, backend, params)
         ready, up, down = self._call(M.MsgType.FIT_SETUP, M.MsgType.READY, blobs=[fc.public_context()])
         fc.set_provider_bounds(ready.meta)
         self.stats.setup_up += up
         self.stats.setup_down += down
         rows = []
-        for j in range(fc.num_columns):
-            msg, up, down = self._call(M.MsgType.FIT_COLUMN, M.MsgType.FIT_RESULT, blobs=[fc.encrypt_column(j)])
+        for i in range(fc.num_messages):
+            msg, up, down = self._call(M.MsgType.FIT_COLUMN, M.MsgType.FIT_RESULT, blobs=[fc.encrypt_message(i)])
             if len(msg.blobs) != 1:
                 raise M.ProtocolError(f"FIT_RESULT carries {len(msg.blobs)} blobs, want 1")
-            rows.append(fc.decrypt_column(msg.blobs[0], j))
+            rows.append(fc.decrypt_message(msg.blobs[0], i))
             self.stats.fit_up += up
             self.stats.fit_down += down
-            if j % 32 == 0:
-                logging.info("encrypted fit: column %d / %d", j, fc.num_columns)
+            cols = fc.message_columns(i)
+            if progress is not None:
+                progress(cols.stop, fc.d_b + 1)
+            if i == fc.num_messages - 1 or cols.start // 32 != cols.stop // 32:
+                logging.info("encrypted fit: %d / %d columns", cols.stop, fc.d_b + 1)
         self.stats.fit_seconds += time.perf_counter() - t0
-        return fc.stats(np.stack(rows))
+        return fc.stats(np.concatenate(rows))
 
-    def fit(self, z_public_nb: np.ndarray, lam: float, params=None, metadata_extra: Optional[dict] = None):
+    def fit(self, z_public_nb: np.ndarray, lam: float, params=None, metadata_extra: Optional[dict] = None,
+            backend: "str | None" = None, progress: "Callable[[int, int], None] | None" = None):
         """Encrypted fit + local ridge solve; returns linalign.align.affine_map.AffineMap."""
         from linalign.align.affine_map import AffineMap, MapMetadata
         from linalign.align.solve import solve
@@ -249,9 +259,10 @@ class HelixClient:
         z = np.asarray(z_public_nb)
         if info.get("n_public") != z.shape[0]:
             raise base.FHEError(f"provider embedded {info.get('n_public')} public rows, client has {z.shape[0]}")
-        stats = self.fit_stats(z, int(info["d_a"]), params)
+        stats = self.fit_stats(z, int(info["d_a"]), params, backend, progress)
         w, b = solve(stats, lam)
         meta = MapMetadata(d_b=int(z.shape[1]), d_a=int(info["d_a"]), lam=float(lam), n=int(z.shape[0]),
                            data_fingerprint=str(info.get("public_fingerprint", "")),
-                           extra={"fit": "helix-encrypted", **(metadata_extra or {})})
+                           extra={"fit": "helix-encrypted", "fit_backend": backend or "seal-coeff-fit",
+                                  **(metadata_extra or {})})
         return AffineMap(np.asarray(w, np.float32), np.asarray(b, np.float32), meta)

@@ -56,8 +56,8 @@ TYPE_LIMITS = {
     MsgType.INFO: _SMALL, MsgType.HELLO: _SMALL, MsgType.AUTH: _SMALL, MsgType.BYE: _SMALL,
     MsgType.CHALLENGE: _SMALL, MsgType.READY: _SMALL, MsgType.ERROR: _SMALL, MsgType.INFO_REPLY: _SMALL,
     MsgType.QUERY: 4 << 20, MsgType.RESULT: 4 << 20,  # one ciphertext (1.5 MB at n16384)
-    MsgType.FIT_COLUMN: 128 << 20,  # ceil(n / S) ciphertexts
-    MsgType.FIT_RESULT: 4 << 20,
+    MsgType.FIT_COLUMN: 128 << 20,  # one column (slots) or a few column groups (coefficients, ~8 MB)
+    MsgType.FIT_RESULT: 64 << 20,  # sparse replies of those groups (~3 MB per group)
     MsgType.INFER_SETUP: None, MsgType.FIT_SETUP: None,
 }
 

@@ -211,17 +211,18 @@ class Server:
                                 "flood_bits": self.policy.flood_bits}
 
     def prepare_fit(self, ctx_bytes: bytes):
-        from linalign.fhe.fitting import FitProvider
+        from linalign.fhe.fitting import make_fit_provider
 
         meta, _ = base.unpack_blobs(ctx_bytes, what="fit context")
-        key = json.dumps([meta.get("params"), meta.get("n"), meta.get("d_a")], sort_keys=True)
+        key = json.dumps([meta.get(k) for k in ("backend", "params", "n", "d_b", "d_a", "chunk", "batch", "cols")],
+                         sort_keys=True)
         with self._fit_lock:  # one calibration per layout; later fits reuse its bound
             if key not in self._fit_bounds:
-                fit = FitProvider(ctx_bytes, self.bundle.z_na, self.policy, None)
+                fit = make_fit_provider(ctx_bytes, self.bundle.z_na, self.policy, None)
                 self._fit_bounds[key] = fit.bound
                 return fit
             bound = self._fit_bounds[key]
-        return FitProvider(ctx_bytes, self.bundle.z_na, self.policy, bound)
+        return make_fit_provider(ctx_bytes, self.bundle.z_na, self.policy, bound)
 
     # -- connections ---------------------------------------------------------------------------
     def stop(self) -> None:

@@ -3,8 +3,9 @@
   (TLS handshake) -> HELLO -> [CHALLENGE -> AUTH] -> READY
     -> INFO*                     any time after READY
     -> INFER_SETUP -> QUERY*     at most one INFER_SETUP per connection
-    -> FIT_SETUP -> FIT_COLUMN x (d_b + 1)   at most one fit per connection; exactly d_b + 1
-                                            distinct in-range columns, each once
+    -> FIT_SETUP -> FIT_COLUMN x messages  at most one fit per connection; the fit backend's
+                                            state machine answers each column (seal-fit) or
+                                            column group (seal-coeff-fit) exactly once
     -> BYE
 
 Anything out of order, malformed, over a limit or over the client's budget raises, and the
