@@ -378,8 +378,103 @@ def bench_fit(save=lambda rows: None) -> list[dict]:
         except Exception as e:
             rows.append({"method": "ckks (linalign.fhe.fitting)", "n": n, "skipped": f"{type(e).__name__}: {e}"})
         logging.info("%s", rows[-1])
+        # CKKS, coefficient encoding (linalign.fhe.coeff_fit): every column, nothing extrapolated
+        try:
+            rows.append(_bench_coeff_fit(n, z_b, z_a, ref))
+            slot = next((r for r in rows if r.get("method") == "ckks (linalign.fhe.fitting)" and r.get("n") == n
+                         and "provider_s" in r), None)
+            if slot is not None:
+                rows[-1]["speedup_vs_slots"] = _fit_total(slot) / _fit_total(rows[-1])
+        except Exception as e:
+            rows.append({"method": "ckks coefficients (linalign.fhe.coeff_fit)", "n": n,
+                         "skipped": f"{type(e).__name__}: {e}"})
+        logging.info("%s", rows[-1])
         save(rows)
     return rows
+
+
+def _fit_total(r: dict) -> float:
+    """Seconds of a whole fit: keys, the provider's setup (plaintexts, calibration), every column."""
+    return r["keygen_s"] + r.get("provider_setup_s", 0.0) + r["client_encrypt_s"] + r["provider_s"] + r["client_decrypt_s"]
+
+
+def _bench_coeff_fit(n: int, z_b: np.ndarray, z_a: np.ndarray, ref: np.ndarray) -> dict:
+    from linalign.fhe import coeff_fit
+
+    d_b, d_a = z_b.shape[1], z_a.shape[1]
+    t0 = time.perf_counter()
+    client = coeff_fit.CoeffFitClient(z_b, d_a)
+    keygen_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    provider = coeff_fit.CoeffFitProvider(client.public_context(), z_a)
+    provider_setup_s = time.perf_counter() - t0
+    client.set_provider_bounds(provider.announce())
+    t_enc = t_eval = t_dec = 0.0
+    up = down = 0
+    got = []
+    for i in range(client.num_messages):
+        t0 = time.perf_counter()
+        msg = client.encrypt_message(i)
+        t1 = time.perf_counter()
+        rep = provider.cross(msg)
+        t2 = time.perf_counter()
+        got.append(client.decrypt_message(rep, i))
+        t_enc, t_eval, t_dec = t_enc + t1 - t0, t_eval + t2 - t1, t_dec + time.perf_counter() - t2
+        up, down = up + len(msg), down + len(rep)
+    got = np.concatenate(got)
+    want = np.vstack([ref, z_a.mean(0)[None]])
+    lay = client.layout
+    return {"method": "ckks coefficients (linalign.fhe.coeff_fit)", "n": n, "d_b": d_b, "d_a": d_a,
+            "columns_run": d_b + 1, "extrapolated_to_d_b": False,
+            "keygen_s": keygen_s, "key_bytes": len(client.public_context()),
+            "provider_setup_s": provider_setup_s, "flood_bound_B": provider.bound,
+            "flood_std_value": provider.flood_std, "reply_drop_bits": provider.drop_bits,
+            "params": client.params.to_dict(),
+            "layout": {"rows_per_chunk": lay.chunk, "za_cols_per_poly": lay.cols, "columns_per_group": lay.batch,
+                       "row_chunks_T": lay.queries, "reply_polys_per_group_G": lay.replies,
+                       "groups_J": client.geo.groups, "messages": client.num_messages},
+            "rotations_per_column": 0, "galois_keys": 0,
+            "client_encrypt_s": t_enc, "provider_s": t_eval, "client_decrypt_s": t_dec,
+            "up_bytes": up, "down_bytes": down,
+            "rel_fro_err": float(np.linalg.norm(got - want) / np.linalg.norm(want)),
+            "max_abs_err": float(np.abs(got - want).max()), "max_abs_ref": float(np.abs(want).max())}
+
+
+def _plot_fit(fit: list[dict], path: pathlib.Path) -> None:
+    """Seconds per phase of one whole fit, per method and n (stacked bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in fit if "provider_s" in r]
+    if not rows:
+        return
+    phases = [("keygen_s", "client keys"), ("provider_setup_s", "provider setup"),
+              ("client_encrypt_s", "client encrypt"), ("provider_s", "provider products"),
+              ("client_decrypt_s", "client decrypt")]
+    labels = [f"{r['method'].split(' (')[0]}\nn={r['n']}" + (" (extrapolated)" if r["extrapolated_to_d_b"] else "")
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(rows)), 4.8))
+    bottom = np.zeros(len(rows))
+    for b, (key, name) in enumerate(phases):
+        vals = np.array([r.get(key, 0.0) for r in rows])
+        ax.bar(range(len(rows)), vals, bottom=bottom, color=f"C{b}", label=name)
+        bottom += vals
+    for i, r in enumerate(rows):
+        txt = f"{bottom[i]:.1f} s"
+        if r.get("speedup_vs_slots"):
+            txt += f"\n{r['speedup_vs_slots']:.1f}x faster"
+        ax.annotate(txt, (i, bottom[i]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("seconds (whole fit, d_B + 1 columns)")
+    ax.set_ylim(0, bottom.max() * 1.25)
+    ax.set_title(f"HELIX encrypted fit, {rows[0]['d_b']} -> {rows[0]['d_a']}: time per phase")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def _fmt(v, f):
@@ -464,23 +559,40 @@ def _markdown(infer: list[dict], fit: list[dict], meta: dict) -> str:
             slot = format(f(b), fm) if b else "-"
             coef = format(f(cc), fm) if cc else "-"
             out.append(f"| {d} x {k} | {label} | {before} | {slot} | {coef} | {tgt} | {met} |")
+    for r in fit:
+        if r.get("speedup_vs_slots"):
+            slot = next(x for x in fit if x.get("method") == "ckks (linalign.fhe.fitting)" and x.get("n") == r["n"])
+            out.append(f"| fit n={r['n']}, {r['d_b']} -> {r['d_a']} | whole encrypted fit, s | {_fit_total(slot):.1f} "
+                       f"(slots, extrapolated) | - | {_fit_total(r):.1f} | >= 10x faster | "
+                       f"{'yes' if r['speedup_vs_slots'] >= 10 else 'no'} ({r['speedup_vs_slots']:.1f}x) |")
     out += ["", "## Fitting (cross term, public rows)", "",
+            "Total = keygen + provider setup + client encrypt + provider + client decrypt, for all d_B + 1 "
+            "columns (the slot fit runs `--fit_columns` columns and is extrapolated; the coefficient fit runs "
+            "every column).", "",
             "| method | n | d_B x d_A | columns run | keygen s | key MB | provider setup s | client enc s | "
-            "provider s | client dec s | up MB | down MB | rel. Frobenius err | rotations / column | notes |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "provider s | client dec s | total s | x vs slots | up MB | down MB | rel. Frobenius err | "
+            "rotations / column | notes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in fit:
         if "skipped" in r:
             out.append(f"| {r['method']} | {r['n']} |" + " |" * 12 + f" skipped: {r['skipped']} |")
             continue
         ex = " (extrapolated)" if r["extrapolated_to_d_b"] else ""
         note = ""
-        if "galois_keys" in r:
+        if "layout" in r and isinstance(r["layout"], dict):
+            lay = r["layout"]
+            note = (f"no rotation, no Galois key; {lay['groups_J']} groups of {lay['columns_per_group']} columns, "
+                    f"{lay['row_chunks_T']} row chunks x {lay['reply_polys_per_group_G']} reply polys, "
+                    f"{lay['messages']} messages; B {r['flood_bound_B']:.1e}, flood std {r['flood_std_value']:.1e}")
+        elif "galois_keys" in r:
             note = (f"{r['multiplies_per_column']} multiplies / column, {r['galois_keys']} Galois keys, "
                     f"B {r['flood_bound_B']:.1e}, flood std {r['flood_std_slot']:.1e} / slot")
+        total = _fit_total(r)
         out.append(f"| {r['method']} | {r['n']} | {r['d_b']} x {r['d_a']} | {r['columns_run']}{ex} | "
                    f"{r['keygen_s']:.1f} | {r['key_bytes'] / 1e6:.1f} | {_fmt(r.get('provider_setup_s'), '.1f')} | "
                    f"{r['client_encrypt_s']:.1f} | "
-                   f"{r['provider_s']:.1f} | {r['client_decrypt_s']:.1f} | {r['up_bytes'] / 1e6:.1f} | "
+                   f"{r['provider_s']:.1f} | {r['client_decrypt_s']:.1f} | {total:.1f} | "
+                   f"{_fmt(r.get('speedup_vs_slots'), '.1f')} | {r['up_bytes'] / 1e6:.1f} | "
                    f"{r['down_bytes'] / 1e6:.1f} | {r['rel_fro_err']:.1e} | {r.get('rotations_per_column', '-')} | "
                    f"{note} |")
     return "\n".join(out) + "\n"
@@ -541,6 +653,7 @@ def main(argv):
         res = json.loads((out / "results.json").read_text())
         atomic_write(out / "results.md", _markdown(res["inference"], res["fitting"], res["meta"]))
         _plot(res["inference"], out / "results.png")
+        _plot_fit(res["fitting"], out / "fit.png")
         return
     import sys
 
@@ -576,6 +689,7 @@ def main(argv):
     md = _markdown(infer, fit, meta)
     atomic_write(out / "results.md", md)
     _plot(infer, out / "results.png")
+    _plot_fit(fit, out / "fit.png")
     print(md)
     print("eval speedup vs tenseal-dot (>1 = faster than the baseline):")
     for r in infer:

@@ -164,22 +164,16 @@ def _secure_ternary(count: int, n: int) -> np.ndarray:
     return out.reshape(count, n)
 
 
-def _popcount24(x: np.ndarray) -> np.ndarray:
-    """Bits set in the low 24 bits of uint64 words (SWAR)."""
-    x = x & np.uint64(0xFFFFFF)
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x555555))
-    x = (x & np.uint64(0x333333)) + ((x >> np.uint64(2)) & np.uint64(0x333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F)
-    return ((x * np.uint64(0x010101)) >> np.uint64(16)) & np.uint64(0xFF)
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], np.int8)
 
 
 def _secure_noise(shape) -> np.ndarray:
     """Centred binomial noise (as Kyber samples it) from the OS's CSPRNG: popcount of 24 random
     bits minus popcount of 24 more, std sqrt(12) = 3.46 (SEAL's Gaussian has 3.2), |e| <= 24."""
     size = int(np.prod(shape))
-    w = np.frombuffer(os.urandom(8 * size), np.uint64)
-    e = _popcount24(w).astype(np.int64) - _popcount24(w >> np.uint64(24)).astype(np.int64)
-    return e.reshape(shape)
+    c = _POPCOUNT8[np.frombuffer(os.urandom(6 * size), np.uint8)].reshape(size, 6)
+    e = c[:, 0] + c[:, 1] + c[:, 2] - c[:, 3] - c[:, 4] - c[:, 5]  # int8: |e| <= 24
+    return e.astype(np.int64).reshape(shape)
 
 
 class _Geometry:
@@ -490,7 +484,7 @@ class CoeffFitProvider:
         self._poly = wire.PolyTransform(self._codec)
         moduli = wire.moduli_at(self._ctx, self._ctx.first_parms_id())
         self.geo = _Geometry(self.n, self.d_b, self.d_a, self.params, lay, moduli)
-        self._pk = self._public_key_ntt(pk, len(moduli))
+        self._pk_f = self._public_key_ntt(pk, len(moduli)).astype(np.float64)
         self._z_scaled = z * self.za_scale
         self._plain = self._plaintexts(self._z_scaled)
         self._seen: set = set()
@@ -561,12 +555,13 @@ class CoeffFitProvider:
         return out
 
     def _buffer(self, name: str, shape, dtype=np.float64) -> np.ndarray:
-        """A scratch array reused across messages (fresh large arrays cost page faults)."""
-        shape = tuple(int(d) for d in shape)
+        """A scratch array reused across messages (fresh large arrays cost page faults): a
+        contiguous prefix of a flat buffer that only grows."""
+        size = math.prod(int(d) for d in shape)
         a = self._buffers.get(name)
-        if a is None or a.shape != shape or a.dtype != dtype:
-            a = self._buffers[name] = np.empty(shape, dtype)
-        return a
+        if a is None or a.size < size or a.dtype != dtype:
+            a = self._buffers[name] = np.empty(size, dtype)
+        return a[:size].reshape(shape)
 
     def announce(self) -> dict:
         return {"za_scale": self.za_scale, "za_col_norm": self.za_col_norm, "flood_std": self.flood_std,
@@ -603,45 +598,51 @@ class CoeffFitProvider:
         self._seen.update(groups)  # counted before the work: a failing message still uses its groups
         return groups, cts
 
-    def _products(self, cts: np.ndarray) -> np.ndarray:
+    def _products(self, cts: np.ndarray, private: bool = False) -> np.ndarray:
         """[primes, k, 2, T, N] NTT-form ciphertexts -> [k, 2, G, primes, N] NTT-form products.
 
         Per prime and NTT coordinate, Y[(j, s), g] = sum_t C[(j, s), t] W[t, g]: one batched
-        float64 matrix product, exact (``CoeffFitParams.max_terms``), reduced once."""
+        float64 matrix product, exact (``CoeffFitParams.max_terms``), reduced once.
+
+        With ``private``, every reply is re-randomised here, in the same float64 sums: + u pk
+        (an encryption of zero under the client's public key without its e0, e1; u ternary from
+        the OS's CSPRNG, one per reply; ``_coefficients`` adds e1)."""
         level, k, _, t, big = cts.shape
         g = self.layout.replies
         out = self._buffer("products", (k, 2, g, level, big), np.uint64)
         rows = out.reshape(k * 2 * g, level, big)
         c = self._buffer("c", (big, 2 * k * t))
         y = self._buffer("y", (big, 2 * k, g))
+        if private:
+            u = _secure_ternary(k * g, big)
+            u_res = self._buffer("u_res", (k * g, level, big), np.uint64)
+            for p, q in enumerate(self.geo.moduli):
+                np.copyto(u_res[:, p], np.where(u < 0, u + q, u), casting="unsafe")
+            u_ntt = self._poly.to_ntt(u_res, level, out=self._buffer("u_ntt", (k * g, level, big), np.uint64))
+            u_t = self._buffer("u_t", (big, k, g))
+            tmp = self._buffer("u_tmp", (big, k, g))
         for p, q in enumerate(self.geo.moduli):
             _transpose_into(c, cts[p].reshape(-1, big))  # [N, 2k T]
             _centre_inplace(c, q)
             np.matmul(c.reshape(big, 2 * k, t), self._plain[p], out=y)  # [N, 2k, G], exact
+            if private:
+                _transpose_into(u_t.reshape(big, -1), u_ntt[:, p])
+                y4 = y.reshape(big, k, 2, g)
+                for s in range(2):  # + u pk_s: below 2 q^2 more, still exact (max_terms)
+                    np.multiply(u_t, self._pk_f[s, p][:, None, None], out=tmp)
+                    y4[:, :, s] += tmp
             _fmod_inplace(y, q)
             _transpose_into(rows[:, p], y.reshape(big, -1))
         return out
 
     def _coefficients(self, y: np.ndarray, j: int, private: bool) -> "tuple[np.ndarray, np.ndarray]":
-        """Group j of the NTT-form products [k, 2, G, primes, N] -> (c0 at every score position
-        [primes, G, cols B], c1 in coefficient form [G, primes, N]), re-randomised with an
-        encryption of zero under the client's key if ``private`` (scratch buffers: valid until
-        the next call). Only c1 goes through an inverse NTT; c0's few coefficients are read
-        off by ``_extract``."""
+        """Group j of the NTT-form products [k, 2, G, primes, N] (re-randomised by
+        ``_products``) -> (c0 at every score position [primes, G, cols B], c1 in coefficient
+        form [G, primes, N], + e1 if ``private``) (scratch buffers: valid until the next call).
+        Only c1 goes through an inverse NTT; c0's few coefficients are read off by ``_extract``."""
         _, _, g, level, big = y.shape
         qs = np.asarray(self.geo.moduli, np.uint64)[:, None]
         yj = y[j]
-        if private:
-            u = _secure_ternary(g, big)
-            u_res = self._buffer("u_res", (g, level, big), np.uint64)
-            for p, q in enumerate(self.geo.moduli):
-                np.copyto(u_res[:, p], np.where(u < 0, u + q, u), casting="unsafe")
-            u_ntt = self._poly.to_ntt(u_res, level, out=self._buffer("u_ntt", (g, level, big), np.uint64))
-            tmp = self._buffer("tmp", (g, level, big), np.uint64)
-            for s in range(2):  # + u pk_s; products < 2^47: no wrap
-                np.multiply(u_ntt, self._pk[s], out=tmp)
-                np.add(yj[s], tmp, out=yj[s])
-                np.remainder(yj[s], qs, out=yj[s])
         c0 = self._extract(yj[0])
         c1 = self._poly.from_ntt(yj[1], level, out=self._buffer("c1", (g, level, big), np.uint64))
         if private:
@@ -698,7 +699,7 @@ class CoeffFitProvider:
     def cross(self, message: bytes) -> bytes:
         """One message of column groups -> their replies (sanitised)."""
         groups, cts = self._parse(message)
-        y = self._products(cts)
+        y = self._products(cts, private=not self._calibration)
         blobs = [self._reply_blob(*self._coefficients(y, i, private=not self._calibration), j)
                  for i, j in enumerate(groups)]
         return base.pack_blobs({"kind": "fit-reply", "first": groups.start, "count": len(groups)}, blobs)

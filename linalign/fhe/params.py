@@ -346,8 +346,9 @@ class CoeffFitParams:
     @property
     def max_terms(self) -> int:
         """Products one exact float64 sum may add: a centred residue (< 2^(prime_bits - 1)) times
-        a residue in [0, q) (< 2^prime_bits), 2^(53 - 2 prime_bits + 1) of them."""
-        return 1 << max(0, 53 - 2 * self.prime_bits + 1)
+        a residue in [0, q) (< 2^prime_bits), 2^(53 - 2 prime_bits + 1) of them, less two for
+        the re-randomisation term (< q^2) added to the same sum."""
+        return max(0, (1 << max(0, 53 - 2 * self.prime_bits + 1)) - 2)
 
     def check(self) -> "CoeffFitParams":
         n = self.poly_modulus_degree
@@ -387,7 +388,7 @@ class CoeffFitParams:
 # The fit at N = 4096: three 23-bit data primes and a 23-bit special prime (92 of 109 bits).
 # Columns at 2^46, embeddings at 2^14 (relative rounding 2^-15 of an entry of norm-64
 # columns), products at 2^60 under a 69-bit modulus: 7 bits of headroom for |value| <= 64 and
-# the flood. Exact float64 sums of up to 256 products (T <= 256 row chunks).
+# the flood. Exact float64 sums of up to 254 products (T <= 254 row chunks).
 F4096 = CoeffFitParams(4096, 23, 3, 46, 14).check()
 COEFF_FIT_PRESETS: Mapping[str, CoeffFitParams] = {"f4096": F4096}
 COEFF_FIT_DEFAULT = F4096
