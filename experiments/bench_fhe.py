@@ -441,7 +441,7 @@ def _bench_coeff_fit(n: int, z_b: np.ndarray, z_a: np.ndarray, ref: np.ndarray) 
 
 
 def _plot_fit(fit: list[dict], path: pathlib.Path) -> None:
-    """Seconds per phase of one whole fit, per method and n (stacked bars)."""
+    """One whole fit per method and n: total seconds (log scale) and where the time goes (shares)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -455,23 +455,33 @@ def _plot_fit(fit: list[dict], path: pathlib.Path) -> None:
               ("client_decrypt_s", "client decrypt")]
     labels = [f"{r['method'].split(' (')[0]}\nn={r['n']}" + (" (extrapolated)" if r["extrapolated_to_d_b"] else "")
               for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(rows)), 4.8))
-    bottom = np.zeros(len(rows))
-    for b, (key, name) in enumerate(phases):
-        vals = np.array([r.get(key, 0.0) for r in rows])
-        ax.bar(range(len(rows)), vals, bottom=bottom, color=f"C{b}", label=name)
-        bottom += vals
+    vals = np.array([[r.get(key) or 0.0 for key, _ in phases] for r in rows])
+    total = vals.sum(1)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(10, 4.4 * len(rows)), 4.8))
+    x = np.arange(len(rows))
+    ax.bar(x, total, color=[f"C{7 + (i % 3)}" for i in range(len(rows))])
     for i, r in enumerate(rows):
-        txt = f"{bottom[i]:.1f} s"
+        txt = f"{total[i]:.1f} s"
         if r.get("speedup_vs_slots"):
-            txt += f"\n{r['speedup_vs_slots']:.1f}x faster"
-        ax.annotate(txt, (i, bottom[i]), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(rows)), labels, fontsize=8)
-    ax.set_ylabel("seconds (whole fit, d_B + 1 columns)")
-    ax.set_ylim(0, bottom.max() * 1.25)
-    ax.set_title(f"HELIX encrypted fit, {rows[0]['d_b']} -> {rows[0]['d_a']}: time per phase")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
+            txt += f"\n{r['speedup_vs_slots']:.1f}x faster than ckks"
+        ax.annotate(txt, (i, total[i]), ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(total.min() / 3, total.max() * 8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("seconds, whole fit (d_B + 1 columns), log scale")
+    ax.set_title("total")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    share = 100 * vals / total[:, None]
+    bottom = np.zeros(len(rows))
+    for b, (_, name) in enumerate(phases):
+        ax2.bar(x, share[:, b], bottom=bottom, color=f"C{b}", label=name)
+        bottom += share[:, b]
+    ax2.set_xticks(x, labels, fontsize=8)
+    ax2.set_ylim(0, 100)
+    ax2.set_ylabel("% of the fit's time")
+    ax2.set_title("time per phase")
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.suptitle(f"HELIX encrypted fit, {rows[0]['d_b']} -> {rows[0]['d_a']}")
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

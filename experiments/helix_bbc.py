@@ -38,6 +38,7 @@ flags.DEFINE_integer("max_train", 0, "Train the provider's head on this many tra
                      "sampled at random (0 = all).")
 flags.DEFINE_integer("max_length", 128, "Tokens per text.")
 flags.DEFINE_string("backend", "seal-coeff", "Inference backend (seal-coeff or seal).")
+flags.DEFINE_string("fit_backend", "seal-coeff-fit", "Encrypted fit backend (seal-coeff-fit or seal).")
 flags.DEFINE_integer("seed", 0, "Split and sampling seed.")
 flags.DEFINE_integer("flood_bits", 12, "Provider's flooding lambda_s (statistical distance 2^-(lambda_s+1)).")
 flags.DEFINE_string("out", "results/helix_bbc", "Output directory.")
@@ -119,7 +120,7 @@ def main(argv):
             time.sleep(0.1)
         with HelixClient(int(port_file.read_text()), "127.0.0.1", tls_ca=str(ca.cert), client_id="bbc-client",
                          secret=secret) as cl:
-            affine = cl.fit(z_b_pub, FLAGS.lam)
+            affine = cl.fit(z_b_pub, FLAGS.lam, backend=FLAGS.fit_backend)
             z_hat = np.asarray(affine.apply(z_b_test), np.float64)
             cl.setup_inference(v.shape[0], v.shape[1], FLAGS.backend)
             scores = cl.query(z_hat)
@@ -132,6 +133,7 @@ def main(argv):
     res = {
         "provider_model": FLAGS.provider_model, "client_model": FLAGS.client_model,
         "n_public": len(public), "n_train_head": len(train.texts), "n_test": len(test_texts), "lam": FLAGS.lam, "backend": FLAGS.backend,
+        "fit_backend": FLAGS.fit_backend,
         "acc_native_provider": acc_native, "acc_plaintext_aligned": acc_plain, "acc_helix": acc_he,
         "acc_diff_points": 100 * (acc_he - acc_plain),
         "prediction_agreement": float(np.mean(np.argmax(scores, 1) == np.argmax(plain_scores, 1))),
