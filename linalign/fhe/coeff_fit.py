@@ -46,7 +46,7 @@ from typing import Iterator
 import numpy as np
 
 from linalign.fhe import base, wire
-from linalign.fhe.fitting import ZA_COL_NORM_TARGET, FitProtocolError, _check_matrix
+from linalign.fhe.fitting import ZA_COL_NORM_TARGET, FitClientBase, FitProtocolError, _check_matrix
 from linalign.fhe.packing import CoefficientLayout
 from linalign.fhe.params import CoeffFitParams, get_coeff_fit_params
 
@@ -214,7 +214,7 @@ class _Geometry:
         return wire._HDR.size + wire.SEED_BYTES + wire.packed_bytes(self.moduli, self.params.poly_modulus_degree)
 
 
-class CoeffFitClient:
+class CoeffFitClient(FitClientBase):
     """Party B: keys, centring, encrypted column groups, decryption, stats.
 
     Each column of X is scaled to unit L2 norm before encryption (the scale stays here), so
@@ -224,7 +224,7 @@ class CoeffFitClient:
       z_nb: [n, d_b] the client's embeddings of the public set.
       d_a: the provider's embedding dimension.
       params: a ``COEFF_FIT_PRESETS`` name or CoeffFitParams (default f4096).
-      groups_per_message: column groups per message (default: messages of ~16 MB).
+      groups_per_message: column groups per message (default: messages of ~8 MB).
     """
 
     name = NAME
@@ -233,19 +233,9 @@ class CoeffFitClient:
                  *, _layout: "CoefficientLayout | None" = None):
         import seal
 
-        self.z_nb = _check_matrix(z_nb, "Z_B")
-        self.n, self.d_b = self.z_nb.shape
-        if self.n < 2 or self.n > MAX_ROWS or self.d_b > MAX_DIM:
-            raise base.FHEError(f"need 2 <= n <= {MAX_ROWS} rows and d_b <= {MAX_DIM}, got {self.z_nb.shape}")
-        self.d_a = int(d_a)
-        if not 1 <= self.d_a <= MAX_DIM:
-            raise base.FHEError(f"d_a must be in [1, {MAX_DIM}], got {d_a}")
+        self._init_rows(z_nb, d_a, MAX_ROWS)
         self.params = get_coeff_fit_params(params)
         self.layout = _layout or choose_layout(self.n, self.d_b + 1, self.d_a, self.params)
-        self.mean_b = self.z_nb.mean(0)
-        self._x = np.concatenate([self.z_nb - self.mean_b, np.full((self.n, 1), 1.0 / self.n)], axis=1)
-        norms = np.linalg.norm(self._x, axis=0)
-        self._col_scale = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 1.0)
         self._ctx = _context(self.params)
         keygen = seal.KeyGenerator(self._ctx)
         self._sk = keygen.secret_key()
@@ -277,12 +267,6 @@ class CoeffFitClient:
              "chunk": lay.chunk, "batch": lay.batch, "cols": lay.cols},
             [public_key.to_string()])
 
-    def public_context(self) -> bytes:
-        return self._public
-
-    def secret_key_bytes(self) -> bytes:
-        return self._sk.to_string()
-
     @property
     def num_messages(self) -> int:
         return -(-self.geo.groups // self.groups_per_message)
@@ -298,15 +282,11 @@ class CoeffFitClient:
 
     def set_provider_bounds(self, announced: dict) -> None:
         """The provider's announcement (``CoeffFitProvider.announce``)."""
-        try:
-            b = {k: float(announced[k]) for k in ("za_scale", "za_col_norm", "flood_std")}
-            drop = announced["drop_bits"]
-            if not isinstance(drop, int) or isinstance(drop, bool) or not 0 <= drop <= self.geo.max_drop_bits:
-                raise ValueError(f"drop_bits={drop!r} not an int in [0, {self.geo.max_drop_bits}]")
-        except (KeyError, TypeError, ValueError) as e:
-            raise base.FHEError(f"provider's fit announcement lacks a bound ({e})") from None
-        if not all(np.isfinite(v) and v >= 0 for v in b.values()) or b["za_scale"] <= 0:
-            raise base.FHEError(f"provider's fit bounds are not usable: {b}")
+        b = self._parse_bounds(announced)
+        drop = announced.get("drop_bits") if isinstance(announced, dict) else None
+        if not isinstance(drop, int) or isinstance(drop, bool) or not 0 <= drop <= self.geo.max_drop_bits:
+            raise base.FHEError(f"provider's fit announcement: drop_bits={drop!r} is not an int in "
+                                f"[0, {self.geo.max_drop_bits}]")
         self._bounds = b
         self.drop_bits = drop
 
@@ -368,16 +348,6 @@ class CoeffFitClient:
                                 "(|X_j| = 1, announced |Z_A column| and flood): overflow or corrupt reply")
         cols = self.message_columns(i)
         return vals / (self._col_scale[cols][:, None] * b["za_scale"])
-
-    def stats(self, cross_ja: np.ndarray):
-        """SufficientStats from the decrypted [d_b + 1, d_a] cross term (see ``FitClient.stats``)."""
-        from linalign.align.stats import from_moments
-
-        cross = np.asarray(cross_ja, dtype=np.float64)
-        if cross.shape != (self.d_b + 1, self.d_a):
-            raise base.FHEError(f"cross term must be ({self.d_b + 1}, {self.d_a}), got {cross.shape}")
-        zc = self._x[:, : self.d_b]
-        return from_moments(self.n, self.mean_b, cross[-1], zc.T @ zc, cross[:-1])
 
     # -- calibration: decryption of an unswitched, unflooded reply --------------------------
     def _decrypt_exact(self, c0: np.ndarray, c1: np.ndarray, j: int) -> "list[np.ndarray]":

@@ -185,7 +185,63 @@ class FitProtocolError(base.FHEError):
     """A fit message out of order: unknown, repeated or surplus column, or after the fit ended."""
 
 
-class FitClient:
+class FitClientBase:
+    """What every fit client shares (``FitClient``, ``coeff_fit.CoeffFitClient``): the rows
+    X = [Z_B - mean, 1/n] with each column's unit-norm scale, the public context and secret key,
+    the provider's announced bounds, and the statistics from the decrypted cross term."""
+
+    _public: bytes
+    _sk: Any
+
+    def _init_rows(self, z_nb: np.ndarray, d_a: int, max_rows: int) -> None:
+        self.z_nb = _check_matrix(z_nb, "Z_B")
+        self.n, self.d_b = self.z_nb.shape
+        if not 2 <= self.n <= max_rows or self.d_b > MAX_DIM:
+            raise base.FHEError(f"need 2 <= n <= {max_rows} rows and d_b <= {MAX_DIM}, got {self.z_nb.shape}")
+        self.d_a = int(d_a)
+        if not 1 <= self.d_a <= MAX_DIM:
+            raise base.FHEError(f"d_a must be in [1, {MAX_DIM}], got {d_a}")
+        self.mean_b = self.z_nb.mean(0)
+        self._x = np.concatenate([self.z_nb - self.mean_b, np.full((self.n, 1), 1.0 / self.n)], axis=1)
+        norms = np.linalg.norm(self._x, axis=0)  # [d_b + 1]
+        self._col_scale = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 1.0)
+
+    def public_context(self) -> bytes:
+        return self._public
+
+    def secret_key_bytes(self) -> bytes:
+        return self._sk.to_string()
+
+    @staticmethod
+    def _parse_bounds(announced: dict) -> dict:
+        """za_scale, za_col_norm and flood_std from the provider's (untrusted) announcement."""
+        try:
+            b = {k: float(announced[k]) for k in ("za_scale", "za_col_norm", "flood_std")}
+        except (KeyError, TypeError, ValueError) as e:
+            raise base.FHEError(f"provider's fit announcement lacks a bound ({e})") from None
+        if not all(np.isfinite(v) and v >= 0 for v in b.values()) or b["za_scale"] <= 0:
+            raise base.FHEError(f"provider's fit bounds are not usable: {b}")
+        return b
+
+    def stats(self, cross_ja: np.ndarray):
+        """SufficientStats from the decrypted cross term.
+
+        Args:
+          cross_ja: [d_b + 1, d_a] decrypted X^T Z_A (rows 0..d_b-1 = C_ba, last row = mean_a).
+
+        Returns:
+          linalign.align.stats.SufficientStats in float64 numpy (ss_a unknown: NaN).
+        """
+        from linalign.align.stats import from_moments
+
+        cross = np.asarray(cross_ja, dtype=np.float64)
+        if cross.shape != (self.d_b + 1, self.d_a):
+            raise base.FHEError(f"cross term must be ({self.d_b + 1}, {self.d_a}), got {cross.shape}")
+        zc = self._x[:, : self.d_b]
+        return from_moments(self.n, self.mean_b, cross[-1], zc.T @ zc, cross[:-1])
+
+
+class FitClient(FitClientBase):
     """Party B for the fitting phase: keys, centring, encrypted columns, decryption, stats.
 
     Each column of X is sent scaled to unit L2 norm (the scale stays with the client and is
@@ -203,19 +259,9 @@ class FitClient:
 
         from linalign.fhe.seal_backend import make_context
 
-        self.z_nb = _check_matrix(z_nb, "Z_B")
-        self.n, self.d_b = self.z_nb.shape
-        if self.n < 2:
-            raise base.FHEError(f"need at least 2 public rows, got {self.n}")
-        self.d_a = int(d_a)
+        self._init_rows(z_nb, d_a, MAX_ROWS)
         self.params = get_fit_params(params)
         self.layout = FitLayout.make(self.n, self.d_b, self.d_a, self.params.slots)
-        self.mean_b = self.z_nb.mean(0)
-        self._x = np.concatenate(
-            [self.z_nb - self.mean_b, np.full((self.n, 1), 1.0 / self.n)], axis=1
-        )  # [n, d_b + 1]
-        norms = np.linalg.norm(self._x, axis=0)
-        self._col_scale = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 1.0)
         self._ctx = make_context(self.params)
         keygen = seal.KeyGenerator(self._ctx)
         self._sk = keygen.secret_key()
@@ -242,25 +288,13 @@ class FitClient:
             [galois.to_string(), public_key.to_string()],
         )
 
-    def public_context(self) -> bytes:
-        return self._public
-
-    def secret_key_bytes(self) -> bytes:
-        return self._sk.to_string()
-
     @property
     def num_columns(self) -> int:
         return self.d_b + 1
 
     def set_provider_bounds(self, announced: dict) -> None:
         """The provider's announcement (``FitProvider.announce``): za_scale, za_col_norm, flood_std."""
-        try:
-            b = {k: float(announced[k]) for k in ("za_scale", "za_col_norm", "flood_std")}
-        except (KeyError, TypeError, ValueError) as e:
-            raise base.FHEError(f"provider's fit announcement lacks a bound ({e})") from None
-        if not all(np.isfinite(v) and v >= 0 for v in b.values()) or b["za_scale"] <= 0:
-            raise base.FHEError(f"provider's fit bounds are not usable: {b}")
-        self._bounds = b
+        self._bounds = self._parse_bounds(announced)
 
     def encrypt_column(self, j: int) -> bytes:
         """Message for column j of X = [Z_B - mean_b, 1/n] scaled to unit norm: T ciphertexts."""
@@ -324,22 +358,6 @@ class FitClient:
                                 "(|X_j| = 1, announced |Z_A column| and flood): overflow or corrupt reply")
         return vals / (self._col_scale[j] * b["za_scale"])
 
-    def stats(self, cross_ja: np.ndarray):
-        """SufficientStats from the decrypted cross term.
-
-        Args:
-          cross_ja: [d_b + 1, d_a] decrypted X^T Z_A (rows 0..d_b-1 = C_ba, last row = mean_a).
-
-        Returns:
-          linalign.align.stats.SufficientStats in float64 numpy (ss_a unknown: NaN).
-        """
-        from linalign.align.stats import from_moments
-
-        cross = np.asarray(cross_ja, dtype=np.float64)
-        if cross.shape != (self.d_b + 1, self.d_a):
-            raise base.FHEError(f"cross term must be ({self.d_b + 1}, {self.d_a}), got {cross.shape}")
-        zc = self._x[:, : self.d_b]
-        return from_moments(self.n, self.mean_b, cross[-1], zc.T @ zc, cross[:-1])
 
 
 ZA_COL_NORM_TARGET = 2.0**6  # |reply value| <= 64 for unit columns, 8 bits below the reply's headroom

@@ -216,8 +216,25 @@ def get_params(name_or_params: "str | CKKSParams | None") -> CKKSParams:
     return _resolve(name_or_params, PRESETS, DEFAULT, "CKKS preset")
 
 
+class _IntFields:
+    """to_dict / from_dict for a frozen dataclass of int fields with a ``check()``: parses
+    untrusted parameters (ints only, exactly the known fields), then checks them."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping):
+        if not isinstance(d, Mapping):
+            raise InsecureParamsError(f"parameters must be an object, got {type(d).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if set(d) != set(fields):
+            raise InsecureParamsError(f"parameters must have exactly the fields {fields}, got {sorted(d)}")
+        return cls(**{k: _untrusted_int(d[k], f"parameter {k}") for k in fields}).check()
+
+
 @dataclasses.dataclass(frozen=True)
-class CoeffParams:
+class CoeffParams(_IntFields):
     """A coefficient-encoding parameter set (backend ``seal-coeff``, ``linalign.fhe.coeff_backend``).
 
     The query's entries are the coefficients of a polynomial at scale 2^query_scale_bits, the
@@ -270,18 +287,6 @@ class CoeffParams:
                 f"2^{self.product_scale_bits}; scores would wrap")
         return self
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "CoeffParams":
-        """Parses untrusted parameters (ints only, known fields only)."""
-        if not isinstance(d, Mapping):
-            raise InsecureParamsError(f"parameters must be an object, got {type(d).__name__}")
-        fields = [f.name for f in dataclasses.fields(cls)]
-        if set(d) != set(fields):
-            raise InsecureParamsError(f"parameters must have exactly the fields {fields}, got {sorted(d)}")
-        return cls(**{k: _untrusted_int(d[k], f"parameter {k}") for k in fields}).check()
 
 
 # Coefficient encoding at N = 4096: one 60-bit prime (of the 109 bits the table allows), the
@@ -300,7 +305,7 @@ def get_coeff_params(name_or_params: "str | CoeffParams | None") -> CoeffParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class CoeffFitParams:
+class CoeffFitParams(_IntFields):
     """Parameters of the coefficient-encoded fit (``linalign.fhe.coeff_fit``).
 
     The provider evaluates every ciphertext x plaintext product itself, in NTT form, as float64
@@ -371,18 +376,6 @@ class CoeffFitParams:
                 f"product scale 2^{self.product_scale_bits}; values up to 64 plus the flood need 7")
         return self
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "CoeffFitParams":
-        """Parses untrusted parameters (ints only, known fields only)."""
-        if not isinstance(d, Mapping):
-            raise InsecureParamsError(f"parameters must be an object, got {type(d).__name__}")
-        fields = [f.name for f in dataclasses.fields(cls)]
-        if set(d) != set(fields):
-            raise InsecureParamsError(f"parameters must have exactly the fields {fields}, got {sorted(d)}")
-        return cls(**{k: _untrusted_int(d[k], f"parameter {k}") for k in fields}).check()
 
 
 # The fit at N = 4096: three 23-bit data primes and a 23-bit special prime (92 of 109 bits).

@@ -57,7 +57,7 @@ def test_per_token_round_trip(tmp_path):
 
 def test_resume_keeps_prefix_and_drops_orphans(tmp_path):
     x = np.arange(40, dtype=np.float32).reshape(10, 4)
-    w = _write(tmp_path / "s", [x[:3]], finalize=False)
+    _write(tmp_path / "s", [x[:3]], finalize=False)
     # An interrupted later shard: its file exists but the manifest never listed it.
     (tmp_path / "s" / "shard-00001.npy").write_bytes(b"partial")
     w2 = st.StoreWriter(tmp_path / "s", per_token=False, dtype="float32", dim=4, **_meta())
