@@ -345,22 +345,9 @@ def bench_fit(save=lambda rows: None) -> list[dict]:
             t0 = time.perf_counter()
             provider = fitting.FitProvider(client.public_context(), z_a)
             provider_setup_s = time.perf_counter() - t0
-            client.set_provider_bounds(provider.announce())  # the reply range check
-            t_enc = t_eval = t_dec = 0.0
-            up = down = 0
-            got = []
-            for j in range(min(cols, client.num_columns)):
-                t0 = time.perf_counter()
-                msg = client.encrypt_column(j)
-                t1 = time.perf_counter()
-                rep = provider.cross(msg)
-                t2 = time.perf_counter()
-                got.append(client.decrypt_column(rep, j))
-                t_enc, t_eval, t_dec = t_enc + t1 - t0, t_eval + t2 - t1, t_dec + time.perf_counter() - t2
-                up, down = up + len(msg), down + len(rep)
-            ran = len(got)
+            got, run = fitting.encrypted_cross(client, provider, max_columns=cols)
+            ran = run["columns_run"]
             sc = client.num_columns / ran
-            got = np.stack(got)
             want = np.vstack([ref, z_a.mean(0)[None]])[:ran]
             rows.append({"method": "ckks (linalign.fhe.fitting)", "n": n, "d_b": d_b, "d_a": d_a,
                          "columns_run": ran, "extrapolated_to_d_b": ran < client.num_columns,
@@ -371,8 +358,9 @@ def bench_fit(save=lambda rows: None) -> list[dict]:
                          "rotations_per_column": client.layout.rotations_per_column + len(client.layout.fold_steps) + 1,
                          "multiplies_per_column": client.layout.chunks * client.layout.d_pad,
                          "layout": str(client.layout),
-                         "client_encrypt_s": t_enc * sc, "provider_s": t_eval * sc, "client_decrypt_s": t_dec * sc,
-                         "up_bytes": int(up * sc), "down_bytes": int(down * sc),
+                         "client_encrypt_s": run["client_encrypt_s"] * sc, "provider_s": run["provider_s"] * sc,
+                         "client_decrypt_s": run["client_decrypt_s"] * sc,
+                         "up_bytes": int(run["up_bytes"] * sc), "down_bytes": int(run["down_bytes"] * sc),
                          "rel_fro_err": float(np.linalg.norm(got - want) / np.linalg.norm(want)),
                          "max_abs_err": float(np.abs(got - want).max()), "max_abs_ref": float(np.abs(want).max())})
         except Exception as e:
@@ -399,7 +387,7 @@ def _fit_total(r: dict) -> float:
 
 
 def _bench_coeff_fit(n: int, z_b: np.ndarray, z_a: np.ndarray, ref: np.ndarray) -> dict:
-    from linalign.fhe import coeff_fit
+    from linalign.fhe import coeff_fit, fitting
 
     d_b, d_a = z_b.shape[1], z_a.shape[1]
     t0 = time.perf_counter()
@@ -408,20 +396,7 @@ def _bench_coeff_fit(n: int, z_b: np.ndarray, z_a: np.ndarray, ref: np.ndarray) 
     t0 = time.perf_counter()
     provider = coeff_fit.CoeffFitProvider(client.public_context(), z_a)
     provider_setup_s = time.perf_counter() - t0
-    client.set_provider_bounds(provider.announce())
-    t_enc = t_eval = t_dec = 0.0
-    up = down = 0
-    got = []
-    for i in range(client.num_messages):
-        t0 = time.perf_counter()
-        msg = client.encrypt_message(i)
-        t1 = time.perf_counter()
-        rep = provider.cross(msg)
-        t2 = time.perf_counter()
-        got.append(client.decrypt_message(rep, i))
-        t_enc, t_eval, t_dec = t_enc + t1 - t0, t_eval + t2 - t1, t_dec + time.perf_counter() - t2
-        up, down = up + len(msg), down + len(rep)
-    got = np.concatenate(got)
+    got, run = fitting.encrypted_cross(client, provider)
     want = np.vstack([ref, z_a.mean(0)[None]])
     lay = client.layout
     return {"method": "ckks coefficients (linalign.fhe.coeff_fit)", "n": n, "d_b": d_b, "d_a": d_a,
@@ -434,8 +409,8 @@ def _bench_coeff_fit(n: int, z_b: np.ndarray, z_a: np.ndarray, ref: np.ndarray) 
                        "row_chunks_T": lay.queries, "reply_polys_per_group_G": lay.replies,
                        "groups_J": client.geo.groups, "messages": client.num_messages},
             "rotations_per_column": 0, "galois_keys": 0,
-            "client_encrypt_s": t_enc, "provider_s": t_eval, "client_decrypt_s": t_dec,
-            "up_bytes": up, "down_bytes": down,
+            "client_encrypt_s": run["client_encrypt_s"], "provider_s": run["provider_s"],
+            "client_decrypt_s": run["client_decrypt_s"], "up_bytes": run["up_bytes"], "down_bytes": run["down_bytes"],
             "rel_fro_err": float(np.linalg.norm(got - want) / np.linalg.norm(want)),
             "max_abs_err": float(np.abs(got - want).max()), "max_abs_ref": float(np.abs(want).max())}
 

@@ -113,23 +113,10 @@ def bench_fit(out: pathlib.Path) -> None:
     t0 = time.perf_counter()
     provider = fitting.make_fit_provider(client.public_context(), z_a)
     t_prep = time.perf_counter() - t0
-    client.set_provider_bounds(provider.announce())  # the reply range check
-    t_enc = t_eval = t_dec = 0.0
-    rows, up, down, cols = [], 0, 0, 0
-    for i in range(client.num_messages):
-        if 0 < FLAGS.max_columns <= cols:
-            break
-        t0 = time.perf_counter()
-        msg = client.encrypt_message(i)
-        t1 = time.perf_counter()
-        rep = provider.cross(msg)
-        t2 = time.perf_counter()
-        rows.append(client.decrypt_message(rep, i))
-        t_enc, t_eval, t_dec = t_enc + t1 - t0, t_eval + t2 - t1, t_dec + time.perf_counter() - t2
-        up, down = up + len(msg), down + len(rep)
-        cols = client.message_columns(i).stop
-        logging.info("columns %d / %d, provider %.1f s so far", cols, d_b + 1, t_eval)
-    cross = np.concatenate(rows)
+    cross, run = fitting.encrypted_cross(client, provider, progress=True, max_columns=FLAGS.max_columns)
+    cols = run["columns_run"]
+    t_enc, t_eval, t_dec = run["client_encrypt_s"], run["provider_s"], run["client_decrypt_s"]
+    up, down = run["up_bytes"], run["down_bytes"]
     zc = z_b - z_b.mean(0)
     ref = np.vstack([zc.T @ z_a, z_a.mean(0)[None]])[:cols]
     factor = (d_b + 1) / cols  # 1.0 when every column ran

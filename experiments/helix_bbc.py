@@ -38,7 +38,7 @@ flags.DEFINE_integer("max_train", 0, "Train the provider's head on this many tra
                      "sampled at random (0 = all).")
 flags.DEFINE_integer("max_length", 128, "Tokens per text.")
 flags.DEFINE_string("backend", "seal-coeff", "Inference backend (seal-coeff or seal).")
-flags.DEFINE_string("fit_backend", "seal-coeff-fit", "Encrypted fit backend (seal-coeff-fit or seal).")
+flags.DEFINE_enum("fit_backend", "seal-coeff-fit", ["seal-coeff-fit", "seal-fit"], "Encrypted fit backend.")
 flags.DEFINE_integer("seed", 0, "Split and sampling seed.")
 flags.DEFINE_integer("flood_bits", 12, "Provider's flooding lambda_s (statistical distance 2^-(lambda_s+1)).")
 flags.DEFINE_string("out", "results/helix_bbc", "Output directory.")

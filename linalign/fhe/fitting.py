@@ -555,13 +555,22 @@ def make_fit_provider(public_context: bytes, z_na: np.ndarray, policy=None, boun
     raise base.DeserializationError(f"fit context: unknown backend {backend!r}; known {list(FIT_BACKENDS)}")
 
 
-def encrypted_cross(client, provider, progress: bool = False) -> "tuple[np.ndarray, dict]":
+def encrypted_cross(client, provider, progress: bool = False, max_columns: int = 0) -> "tuple[np.ndarray, dict]":
     """Runs the fitting exchange in one process (tests, benchmarks), any fit backend.
 
+    Args:
+      client, provider: a fit client and the provider built from its public context.
+      progress: a tqdm bar over the messages.
+      max_columns: stop after the message that reaches this many columns (0: all d_b + 1).
+
     Returns:
-      ([d_b + 1, d_a] decrypted X^T Z_A, {"setup_bytes", "up_bytes", "down_bytes"}).
+      ([columns run, d_a] decrypted rows of X^T Z_A, {"setup_bytes", "up_bytes", "down_bytes",
+      "columns_run", "messages_run", "client_encrypt_s", "provider_s", "client_decrypt_s"}).
     """
-    rows, up, down = [], 0, 0
+    import time
+
+    rows, up, down, cols = [], 0, 0, 0
+    t_enc = t_eval = t_dec = 0.0
     client.set_provider_bounds(provider.announce())
     msgs = range(client.num_messages)
     if progress:
@@ -569,12 +578,24 @@ def encrypted_cross(client, provider, progress: bool = False) -> "tuple[np.ndarr
 
         msgs = tqdm(msgs, desc="encrypted fit messages")
     for i in msgs:
+        if 0 < max_columns <= cols:
+            break
+        t0 = time.perf_counter()
         msg = client.encrypt_message(i)
+        t1 = time.perf_counter()
         rep = provider.cross(msg)
-        up, down = up + len(msg), down + len(rep)
+        t2 = time.perf_counter()
         rows.append(client.decrypt_message(rep, i))
+        t_enc, t_eval, t_dec = t_enc + t1 - t0, t_eval + t2 - t1, t_dec + time.perf_counter() - t2
+        up, down = up + len(msg), down + len(rep)
+        cols = client.message_columns(i).stop
     return np.concatenate(rows), {
         "setup_bytes": len(client.public_context()),
         "up_bytes": up,
         "down_bytes": down,
+        "columns_run": cols,
+        "messages_run": len(rows),
+        "client_encrypt_s": t_enc,
+        "provider_s": t_eval,
+        "client_decrypt_s": t_dec,
     }
