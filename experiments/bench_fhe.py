@@ -645,10 +645,9 @@ def main(argv):
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "python " + " ".join(sys.argv),
             "load_avg_start": os.getloadavg(), "flood_bits": FLAGS.flood_bits}
-    import subprocess
+    from linalign.machine import cpu_model
 
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    meta["cpu"] = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "?")
+    meta["cpu"] = cpu_model()
     meta["machine"] = f"CPU {meta['cpu']} ({os.cpu_count()} cores, shared with other jobs; load average at start " \
                       f"{meta['load_avg_start'][0]:.1f}); no GPU."
     if "concrete" in FLAGS.backends:

@@ -29,6 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from linalign import align
+from linalign.machine import cpu_model
 
 flags.DEFINE_integer("n", 200_000, "Rows.")
 flags.DEFINE_integer("d_b", 768, "Source width.")
@@ -221,14 +222,6 @@ def main(argv):
         write_results(FLAGS.out, names, med, errs, ratios, steps_out, results)
 
 
-def _cpu_model() -> str:
-    import subprocess
-
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines()
-                 if ln.startswith("Model name")), "unknown")
-
-
 def write_results(out, names, med, errs, ratios, steps_out, results):
     import os
     import sys
@@ -237,7 +230,7 @@ def write_results(out, names, med, errs, ratios, steps_out, results):
 
     os.makedirs(out, exist_ok=True)
     cmd = "PYTHONPATH=. python experiments/bench_fit.py " + " ".join(sys.argv[1:])
-    rec = {"command": cmd, "cpu": _cpu_model(), "cores": os.cpu_count(),
+    rec = {"command": cmd, "cpu": cpu_model(), "cores": os.cpu_count(),
            "load_average_1_5_15min_at_end": [round(x, 1) for x in os.getloadavg()],
            "n": FLAGS.n, "d_b": FLAGS.d_b, "d_a": FLAGS.d_a, "lam": FLAGS.lam, "reps": FLAGS.reps,
            "seconds_median": med, "rel_error_w": errs, "time_ratios": ratios,

@@ -39,6 +39,15 @@ flags.DEFINE_integer("max_columns", 0, "Fitting: time only this many of the d_b 
 flags.DEFINE_string("out", "results/helix", "Output directory.")
 
 
+def _meta() -> dict:
+    """The command and the machine (every benchmark result carries its CPU model)."""
+    import sys
+
+    from linalign.machine import machine_info
+
+    return {"command": "python experiments/bench_helix.py " + " ".join(sys.argv[1:]), **machine_info()}
+
+
 def bench_infer(out: pathlib.Path) -> None:
     rng = np.random.default_rng(0)
     rows = []
@@ -69,8 +78,11 @@ def bench_infer(out: pathlib.Path) -> None:
     for row in rows:
         ref = [r for r in rows if r["d"] == row["d"] and r["k"] == row["k"] and r["backend"] == "tenseal-dot"]
         row["speedup_vs_dot"] = ref[0]["eval_ms"] / row["eval_ms"] if ref else None
-    atomic_write(out / "infer.json", json.dumps(rows, indent=1))
-    lines = ["| d | K | backend | eval ms | round trip ms | per-query KB | setup MB | max err | x vs dot |",
+    meta = _meta()
+    atomic_write(out / "infer.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [f"Command: `{meta['command']}`", "", f"CPU {meta['cpu']} ({meta['cores']} cores; load average "
+             f"{meta['load_average_1m']:.1f}).", "",
+             "| d | K | backend | eval ms | round trip ms | per-query KB | setup MB | max err | x vs dot |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sp = f"{r['speedup_vs_dot']:.1f}" if r["speedup_vs_dot"] else "-"
@@ -136,6 +148,7 @@ def bench_fit(out: pathlib.Path) -> None:
     else:
         res.update(params=client.params.to_dict(), rotations_per_column=0, galois_keys=0,
                    messages=client.num_messages, groups=client.geo.groups)
+    res.update(_meta())
     print(json.dumps(res, indent=1))
     atomic_write(out / f"fit_{FLAGS.fit_backend}_n{n}_b{d_b}_a{d_a}.json", json.dumps(res, indent=1))
 

@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from linalign.atomic import atomic_write, atomic_write_json
+from linalign.machine import cpu_model
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("backend", "seal-coeff", "Inference backend served and queried (seal-coeff or seal).")
@@ -44,14 +45,6 @@ flags.DEFINE_list("flood_bits", ["8", "12", "16", "20"], "lambda_s values for th
 flags.DEFINE_string("out", "results/helix_load", "Output directory.")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        return "unknown"
 
 
 def flood_cost(v, c) -> list:

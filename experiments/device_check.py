@@ -76,17 +76,6 @@ def _version(dist: str):
         return None
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def peak_for(device_kind: str):
     for key, peaks in PEAKS:
         if key.lower() in device_kind.lower():
@@ -127,6 +116,8 @@ def kl_rows(p_logits, q_logits):
 # ----------------------------------------------------------------------------- stages
 def stage_env(ctx):
     import jax
+
+    from linalign.machine import cpu_model
 
     devs = jax.devices()
     kind = devs[0].device_kind

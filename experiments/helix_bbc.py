@@ -151,8 +151,9 @@ def main(argv):
         "ms_per_query": 1e3 * st.query_seconds / max(st.queries, 1),
         "bytes_per_query": (st.query_up + st.query_down) / max(st.queries, 1),
     }
-    res["cpu"] = next((l.split(":", 1)[1].strip() for l in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name")), "unknown")
+    from linalign.machine import cpu_model
+
+    res["cpu"] = cpu_model()
     res["load_average_1m_at_end"] = os.getloadavg()[0]
     res["command"] = "python experiments/helix_bbc.py " + " ".join(sys.argv[1:])
     text = json.dumps(res, indent=1)
