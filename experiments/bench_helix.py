@@ -1,13 +1,14 @@
-"""HELIX encrypted-inference and encrypted-fitting costs, packed SEAL vs the TenSEAL baseline.
+"""HELIX encrypted-inference and encrypted-fitting costs, every backend against the TenSEAL baseline.
 
-  python experiments/bench_helix.py --mode=infer --shapes=576x5,768x16,1024x16 --reps=5
-  python experiments/bench_helix.py --mode=fit --n=4096 --d_b=384 --d_a=768
+  python experiments/bench_helix.py --mode=infer --shapes=768x16,4096x16 --reps=5
+  python experiments/bench_helix.py --mode=fit --n=4096 --d_b=384 --d_a=768 [--fit_backend=seal-fit --max_columns=2]
 
-Writes JSON + Markdown (and a PNG for infer) under --out. Inference: provider evaluation time
-(median over reps), per-query and setup bytes, max error against plaintext scores, and the
-baseline/packed speed ratio. Fitting: wall time of each phase and bytes each way. Unsanitised
-replies; the flooded before/after table (the one in docs/results/bench_fhe) is
-experiments/bench_fhe.py's.
+Writes under --out (default docs/results/bench_fhe/helix, next to bench_fhe's table):
+infer.{json,md,png}: provider evaluation time (median over reps), client round trip, per-query
+and setup bytes, max error against plaintext scores, and the ratio to one-dot-per-class
+TenSEAL, unsanitised replies; fit_<backend>_n<n>_b<d_b>_a<d_a>.json per fit run and fit.md, one
+table of every fit run in the folder (wall time of each phase, bytes each way). The flooded
+before/after table, as HELIX serves replies, is experiments/bench_fhe.py's results.md.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ flags.DEFINE_integer("d_a", 768, "Fitting: provider dimension.")
 flags.DEFINE_enum("fit_backend", "seal-coeff-fit", ["seal-coeff-fit", "seal-fit"], "Fitting: the backend.")
 flags.DEFINE_integer("max_columns", 0, "Fitting: time only this many of the d_b + 1 columns and "
                      "extrapolate linearly (every column costs the same); 0 = all.")
-flags.DEFINE_string("out", "results/helix", "Output directory.")
+flags.DEFINE_string("out", "docs/results/bench_fhe/helix", "Output directory.")
 
 
 def _meta() -> dict:
@@ -95,17 +96,24 @@ def bench_infer(out: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = sorted({f"{r['d']}x{r['k']}" for r in rows}, key=lambda s: [int(t) for t in s.split("x")])
     width = 0.8 / max(1, len(FLAGS.backends))
-    for i, name in enumerate(FLAGS.backends):
-        vals = [next(r["eval_ms"] for r in rows if f"{r['d']}x{r['k']}" == lab and r["backend"] == name) for lab in labels]
-        ax.bar(np.arange(len(labels)) + i * width, vals, width, label=name)
-    ax.set_xticks(np.arange(len(labels)) + width * (len(FLAGS.backends) - 1) / 2, labels)
-    ax.set_yscale("log")
-    ax.set_ylabel("provider evaluation (ms)")
-    ax.set_xlabel("d x K")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, scale, ylabel, title in (
+            (axes[0], "eval_ms", 1.0, "ms (log scale)", "provider evaluation per query"),
+            (axes[1], "per_query_bytes", 1e-3, "KB (log scale)", "bytes per query (up + down)")):
+        for i, name in enumerate(FLAGS.backends):
+            vals = [scale * next(r[key] for r in rows if f"{r['d']}x{r['k']}" == lab and r["backend"] == name)
+                    for lab in labels]
+            ax.bar(np.arange(len(labels)) + i * width, vals, width, label=name, color=f"C{i}")
+        ax.set_xticks(np.arange(len(labels)) + width * (len(FLAGS.backends) - 1) / 2, labels)
+        ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("d x K")
+        ax.set_title(title)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.suptitle(f"HELIX inference, unsanitised replies ({meta['cpu']})", fontsize=10)
     fig.tight_layout()
     with atomic_file(out / "infer.png") as tmp:
         fig.savefig(tmp, dpi=120, format="png")
@@ -151,6 +159,25 @@ def bench_fit(out: pathlib.Path) -> None:
     res.update(_meta())
     print(json.dumps(res, indent=1))
     atomic_write(out / f"fit_{FLAGS.fit_backend}_n{n}_b{d_b}_a{d_a}.json", json.dumps(res, indent=1))
+    _fit_table(out)
+
+
+def _fit_table(out: pathlib.Path) -> None:
+    """fit.md: every fit run in the folder, one row each."""
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("fit_*.json"))]
+    lines = ["| backend | n | d_B x d_A | columns timed | keys s | provider setup s | client enc s | provider s | "
+             "client dec s | total s | setup MB | up MB | down MB | rotations / column | max err / max | CPU | "
+             "command |", "|" + "---|" * 17]
+    for r in runs:
+        lines.append(
+            f"| {r['backend']} | {r['n']} | {r['d_b']} x {r['d_a']} | {r['columns_timed']} of {r['columns_total']} | "
+            f"{r['keygen_s']:.1f} | {r['provider_setup_s']:.1f} | {r['client_encrypt_s']:.1f} | "
+            f"{r['provider_eval_s']:.1f} | {r['client_decrypt_s']:.1f} | {r['total_s']:.1f} | "
+            f"{r['setup_bytes'] / 1e6:.2f} | {r['up_bytes'] / 1e6:.1f} | {r['down_bytes'] / 1e6:.1f} | "
+            f"{r['rotations_per_column']} | {r['max_abs_err'] / r['max_abs_ref']:.1e} | {r.get('cpu', '?')} | "
+            f"`{r.get('command', '?')}` |")
+    atomic_write(out / "fit.md", "Times of runs with fewer columns timed than in total are extrapolated.\n\n"
+                 + "\n".join(lines) + "\n")
 
 
 def main(argv):

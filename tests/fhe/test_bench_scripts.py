@@ -57,6 +57,8 @@ def test_bench_helix_fit_mode(tmp_path, backend, extra):
     phases = res["client_encrypt_s"] + res["provider_eval_s"] + res["client_decrypt_s"]
     assert res["total_s"] == pytest.approx(res["keygen_s"] + res["provider_setup_s"] + phases, rel=1e-9)
     assert res["cpu"] and res["cores"] >= 1 and "--mode=fit" in res["command"]
+    table = (tmp_path / "fit.md").read_text()
+    assert f"| {backend} | 512 | 16 x 24 |" in table and res["cpu"] in table
 
 
 def test_bench_helix_infer_mode(tmp_path):
@@ -65,3 +67,4 @@ def test_bench_helix_infer_mode(tmp_path):
     (row,) = res["rows"]
     assert row["backend"] == "seal-coeff" and row["max_abs_err"] < 1e-3
     assert res["meta"]["cpu"] in (tmp_path / "infer.md").read_text()
+    assert (tmp_path / "infer.png").stat().st_size > 0

@@ -60,6 +60,25 @@ def test_products_are_exact():
     np.testing.assert_array_equal(got.astype(np.int64), want.astype(np.int64))
     x = rng.integers(0, q, size=5000).astype(np.float64)
     np.testing.assert_array_equal(coeff_fit._centre_inplace(x.copy(), q), np.where(x > q // 2, x - q, x))
+    # The centred reduction of the plaintext builder: congruent, |r| <= q/2 + 1, up to 2^53,
+    # half-integer quotients included.
+    big = np.concatenate([rng.integers(-2**52, 2**52, size=20000), [q // 2, -(q // 2), q // 2 + 1, 2**52 - 1],
+                          (np.arange(-50, 50) * q + q // 2)]).astype(np.float64)
+    got = coeff_fit._cmod_inplace(big.copy(), q)
+    assert np.abs(got).max() <= q // 2 + 1
+    np.testing.assert_array_equal(np.mod(big.astype(np.int64) - got.astype(np.int64), q), 0)
+
+
+def test_secure_ternary_is_uniform_and_maps_to_residues():
+    digits = coeff_fit._secure_ternary(64, 4096)
+    assert digits.dtype == np.uint8 and digits.shape == (64, 4096) and digits.max() <= 2
+    counts = np.bincount(digits.ravel(), minlength=3)
+    assert stats.chisquare(counts).pvalue > ALPHA
+    moduli = [8183809, 8257537, 8273921]
+    res = coeff_fit._ternary_residues(digits, moduli, np.empty((64, 3, 4096), np.uint64))
+    u = digits.astype(np.int64) - 1
+    for p, q in enumerate(moduli):
+        np.testing.assert_array_equal(res[:, p].astype(np.int64), np.mod(u, q))
 
 
 def test_switch_and_crt_match_python_integers():
