@@ -382,14 +382,14 @@ class CoeffFitClient(FitClientBase):
         """Per reply g, the decrypted values (``_crt_small``: modulo 2^64) of an unswitched
         reply: c0 [primes, G, cols B] at every score position, c1 [G, primes, N] coefficients."""
         geo = self.geo
+        # (c1 s) at every score position of every reply, one exact product per prime:
+        # |centred residue| < 2^22 times N signed ternary terms < 2^53.
+        c1s = [np.rint(_centred(c1[:, p], [q], 0) @ self._rows.T).astype(np.int64)  # [G, positions]
+               for p, q in enumerate(geo.moduli)]
         out = []
         for g in range(self.layout.replies):
             idx = geo.sent(j, g)
-            res = []
-            for p, q in enumerate(geo.moduli):
-                c1p = _centred(c1[g, p][None], [q], 0)[0]
-                acc = np.rint(c1p @ self._rows[idx].T).astype(np.int64)
-                res.append((c0[p, g, idx].astype(np.int64) + acc) % q)
+            res = [(c0[p, g, idx].astype(np.int64) + c1s[p][g, idx]) % q for p, q in enumerate(geo.moduli)]
             out.append(_crt_small(np.stack(res), geo.moduli))
         return out
 
@@ -646,8 +646,9 @@ class CoeffFitProvider:
             # e1 makes a_pk u + e1 an RLWE sample, so c1 hides c1_W; c0 needs no e0: its sent
             # coefficients are flooded, the others never leave.
             e = _secure_noise((g, 1, big))
-            np.add(c1, np.where(e < 0, e.astype(np.uint64) + qs, e.astype(np.uint64)), out=c1)
-            np.remainder(c1, qs, out=c1)
+            np.add(c1, np.where(e < 0, e + qs.astype(np.int64), e).astype(np.uint64), out=c1)  # + (e mod q) < 2q
+            tmp = np.subtract(c1, qs, out=self._buffer("c1_tmp", c1.shape, np.uint64))  # wraps above 2^63 if < q
+            np.minimum(c1, tmp, out=c1)
         return c0, c1
 
     def _extract(self, y0: np.ndarray) -> np.ndarray:
@@ -702,36 +703,54 @@ class CoeffFitProvider:
         return base.pack_blobs({"kind": "fit-reply", "first": groups.start, "count": len(groups)}, blobs)
 
 
-def _powers(r: np.ndarray, exps: np.ndarray, q: int) -> np.ndarray:
-    """[len(exps), N] r^e mod q (uint64; q < 2^32), by square and multiply on the array."""
+def _powers(r: np.ndarray, exps: np.ndarray, q: int, step: int = 64) -> np.ndarray:
+    """[len(exps), N] r^e mod q (uint64; q < 2^32; e >= 0): r^e = (r^step)^(e // step) r^(e % step)
+    from a table of ``step`` baby powers and max(e) / step giant ones, one multiply per entry."""
     qq = np.uint64(q)
-    out = np.empty((len(exps), len(r)), np.uint64)
-    for row, e in enumerate(np.asarray(exps, np.int64).tolist()):
-        acc, base = np.ones_like(r), r.copy()
-        while e:
-            if e & 1:
-                acc = acc * base % qq
-            base = base * base % qq
-            e >>= 1
-        out[row] = acc
-    return out
+    exps = np.asarray(exps, np.int64)
+    if exps.size and (exps.min() < 0 or q >= 1 << 32):
+        raise ValueError("_powers takes exponents >= 0 and a modulus below 2^32")
+    r = np.asarray(r, np.uint64) % qq
+    baby = np.empty((step, len(r)), np.uint64)
+    baby[0] = 1
+    for i in range(1, step):
+        baby[i] = baby[i - 1] * r % qq
+    top = int(exps.max(initial=0)) // step + 1
+    giant = np.empty((top, len(r)), np.uint64)
+    giant[0] = 1
+    g = baby[-1] * r % qq
+    for i in range(1, top):
+        giant[i] = giant[i - 1] * g % qq
+    return giant[exps // step] * baby[exps % step] % qq
+
+
+def _mod_float(y: np.ndarray, q: int) -> np.ndarray:
+    """float64 integers |y| < 2^52 -> y mod q in [0, q), in place (the float quotient may be off
+    by one; one correction each way)."""
+    y -= np.floor(y * (1.0 / q)) * q
+    y += q * (y < 0)
+    y -= q * (y >= q)
+    return y
 
 
 def _switch_crt(res: np.ndarray, moduli: "list[int]") -> np.ndarray:
     """Residues [primes, m] (< each prime) -> the value divided by the last prime, rounded, as
-    integers modulo the product of the others (uint64; that product < 2^62, primes < 2^26)."""
+    integers modulo the product of the others (uint64; two or three primes of < 2^25, so every
+    intermediate is an integer below 2^52 and float64 arithmetic is exact)."""
+    if len(moduli) not in (2, 3) or max(moduli) >= 1 << 25:
+        raise ValueError(f"_switch_crt takes two or three primes below 2^25, got {moduli}")
     last = moduli[-1]
-    r_last = res[-1].astype(np.int64)
-    t = np.where(r_last > last // 2, r_last - last, r_last)  # centred: the division rounds
-    val, prod = None, 1
-    for p, q in enumerate(moduli[:-1]):
-        kept = np.mod(res[p].astype(np.int64) - t, q) * pow(last, -1, q) % q  # (x - t) / last mod q
-        if val is None:
-            val = kept
-        else:  # Garner: val += prod ((kept - val) prod^-1 mod q)
-            val = val + prod * (np.mod(kept - val, q) * pow(prod, -1, q) % q)
-        prod *= q
-    return val.astype(np.uint64)
+    t = res[-1].astype(np.float64)
+    t -= last * (t > last // 2)  # centred: the division rounds
+    q0 = moduli[0]
+    k0 = _mod_float((res[0].astype(np.float64) - t) * pow(last, -1, q0), q0)  # (x - t) / last mod q0
+    if len(moduli) == 2:
+        return k0.astype(np.uint64)
+    q1 = moduli[1]
+    k1 = _mod_float((res[1].astype(np.float64) - t) * pow(last, -1, q1), q1)
+    k1 -= k0  # Garner: value = k0 + q0 ((k1 - k0) q0^-1 mod q1) < q0 q1 < 2^50
+    k1 = _mod_float(k1 * pow(q0, -1, q1), q1)
+    return (k0 + k1 * float(q0)).astype(np.uint64)
 
 
 def calibrate(provider: CoeffFitProvider, policy, seed: int = 0) -> float:

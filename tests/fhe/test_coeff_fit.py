@@ -81,17 +81,33 @@ def test_secure_ternary_is_uniform_and_maps_to_residues():
         np.testing.assert_array_equal(res[:, p].astype(np.int64), np.mod(u, q))
 
 
+def test_powers_match_python_pow():
+    q = 8273921
+    rng = np.random.default_rng(3)
+    r = rng.integers(0, q, size=9).astype(np.uint64)
+    exps = np.array([0, 1, 63, 64, 65, 127, 128, 4095, 8191, 5000])
+    got = coeff_fit._powers(r, exps, q)
+    want = np.array([[pow(int(x), int(e), q) for x in r] for e in exps], np.uint64)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="exponents >= 0"):
+        coeff_fit._powers(r, np.array([-1]), q)
+
+
 def test_switch_and_crt_match_python_integers():
     moduli = [8183809, 8257537, 8273921]
     big = math.prod(moduli)
     rng = np.random.default_rng(1)
-    vals = [int(v) for v in rng.integers(0, 2**62, size=200)] + [big - 5, 3, big // 2 - 7]
-    res = np.array([[v % q for v in vals] for q in moduli], np.uint64)
-    got = coeff_fit._switch_crt(res, moduli)
-    for v, g in zip(vals, got.tolist()):
-        t = v % moduli[-1]
-        t = t - moduli[-1] if t > moduli[-1] // 2 else t
-        assert g == ((v - t) // moduli[-1]) % (moduli[0] * moduli[1])
+    vals = [int(v) for v in rng.integers(0, 2**62, size=20000)] + [big - 5, 3, big // 2 - 7, 0, big - 1]
+    vals += [k * moduli[-1] + moduli[-1] // 2 + d for k in (0, 1, 12345) for d in (0, 1)]  # rounding ties
+    for mods in (moduli, moduli[1:]):  # three primes (two kept) and two (one kept)
+        res = np.array([[v % q for v in vals] for q in mods], np.uint64)
+        got = coeff_fit._switch_crt(res, mods)
+        for v, g in zip(vals, got.tolist()):
+            t = v % mods[-1]
+            t = t - mods[-1] if t > mods[-1] // 2 else t
+            assert g == ((v - t) // mods[-1]) % math.prod(mods[:-1])
+    with pytest.raises(ValueError, match="two or three primes"):
+        coeff_fit._switch_crt(res, [moduli[0]])
     small = [int(v) for v in rng.integers(-2**61, 2**61, size=200)]
     res = np.array([[v % q for v in small] for q in moduli], np.uint64)
     np.testing.assert_array_equal(coeff_fit._crt_small(res, moduli), np.array(small, np.int64))
