@@ -71,8 +71,18 @@ def _pack_poly(res_kn: np.ndarray, moduli: "list[int]", drop: int = 0) -> bytes:
 
 
 def _unpack_values(data: bytes, off: int, n: int, w: int) -> np.ndarray:
-    """[n] uint64 values of ``w`` bits each, bit-packed little-endian from byte ``off``."""
+    """[n] uint64 values of ``w`` bits each, bit-packed little-endian from byte ``off``.
+
+    Up to 57 bits a value and its bit offset within its first byte fit one 8-byte word read
+    at that byte (an unaligned strided view), so each value is one gather, shift and mask."""
     nb = (n * w + 7) // 8
+    if w <= 57:
+        buf = np.zeros((nb + 15) // 8, "<u8")  # nb bytes and at least 8 of zeros after them
+        buf.view(np.uint8)[:nb] = np.frombuffer(data, np.uint8, nb, off)
+        words = np.lib.stride_tricks.as_strided(buf, shape=(nb + 1,), strides=(1,))
+        pos = np.arange(n, dtype=np.uint64) * np.uint64(w)
+        vals = words[(pos >> np.uint64(3)).astype(np.intp)] >> (pos & np.uint64(7))
+        return (vals & np.uint64((1 << w) - 1)).astype(np.uint64)
     bits = np.zeros((n, 64), dtype=np.uint8)
     bits[:, :w] = np.unpackbits(np.frombuffer(data, np.uint8, nb, off), bitorder="little")[: n * w].reshape(n, w)
     return np.packbits(bits, axis=1, bitorder="little").view("<u8").reshape(n).astype(np.uint64)

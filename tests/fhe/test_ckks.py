@@ -306,3 +306,21 @@ def test_seal_rejects_ciphertext_at_wrong_level():
     seal.Evaluator(client._ctx).mod_switch_to_next_inplace(ct)
     with pytest.raises(base.DeserializationError, match="a ciphertext here has"):
         provider.apply(base.pack_blobs(meta, [ct.to_string()]), provider.prepare(np.ones((16, 2)), np.zeros(2)))
+
+
+@pytest.mark.parametrize("w", [1, 7, 8, 17, 23, 30, 46, 57, 58, 60, 61])
+def test_bit_packing_round_trips_every_width(w):
+    """Residues packed to their prime's width come back exactly (the gather path up to 57 bits,
+    the bit-matrix path above), at an odd offset inside a larger message."""
+    from linalign.fhe import wire
+
+    rng = np.random.default_rng(w)
+    q = (1 << w) - 1 if w < 3 else (1 << w) - 3
+    vals = rng.integers(0, q, size=(2, 1000), dtype=np.uint64)
+    vals[:, :3] = [0, q - 1, q // 2]
+    blob = b"\x07" * 5 + wire._pack_poly(vals, [q, q]) + b"\x09" * 3
+    assert len(blob) == 8 + wire.packed_bytes([q, q], 1000)
+    got = wire._unpack_poly(blob[5:], [q, q], 1000, "test")
+    np.testing.assert_array_equal(got, vals)
+    step = (1000 * w + 7) // 8
+    np.testing.assert_array_equal(wire._unpack_values(blob, 5 + step, 1000, w), vals[1])
