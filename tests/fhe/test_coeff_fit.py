@@ -93,6 +93,19 @@ def test_powers_match_python_pow():
         coeff_fit._powers(r, np.array([-1]), q)
 
 
+def test_secure_noise_is_the_centred_binomial():
+    """e = pop(24 bits) - pop(24 bits): e + 24 ~ Binomial(48, 1/2) (chi-square over the bins
+    with at least 5 expected), std sqrt(12)."""
+    e = coeff_fit._secure_noise((4, 1, 50000))
+    assert e.shape == (4, 1, 50000) and e.dtype == np.int64 and np.abs(e).max() <= 24
+    counts = np.bincount((e + 24).ravel(), minlength=49)
+    expected = stats.binom.pmf(np.arange(49), 48, 0.5) * e.size
+    keep = expected >= 5
+    obs, exp = counts[keep], expected[keep]
+    assert stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > ALPHA
+    assert abs(e.std() - math.sqrt(12)) < 0.02
+
+
 def test_switch_and_crt_match_python_integers():
     moduli = [8183809, 8257537, 8273921]
     big = math.prod(moduli)
