@@ -25,13 +25,14 @@ def _total(r):
 
 def test_bench_fhe_small_run_writes_both_fits_and_the_ratio(tmp_path):
     _run("bench_fhe.py", "--dims=384", "--classes=2", "--backends=seal-coeff", "--fit_n=1024", "--fit_db=32",
-         "--fit_da=64", "--fit_columns=2", "--queries=2", "--throughput_s=0.2", "--cell_budget_s=5",
+         "--fit_da=64", "--fit_columns=2", "--slot_fit_columns=0", "--queries=2", "--throughput_s=0.2", "--cell_budget_s=5",
          f"--out={tmp_path}")
     res = json.loads((tmp_path / "results.json").read_text())
     fits = {r["method"].split(" (")[0]: r for r in res["fitting"]}
     slot, coeff = fits["ckks"], fits["ckks coefficients"]
     assert "skipped" not in slot and "skipped" not in coeff, (slot, coeff)
-    assert slot["columns_run"] == 2 and slot["extrapolated_to_d_b"]
+    assert fits["concrete-ml-extensions"]["columns_run"] == 2 and fits["concrete-ml-extensions"]["extrapolated_to_d_b"]
+    assert slot["columns_run"] == 33 and not slot["extrapolated_to_d_b"]
     assert coeff["columns_run"] == 33 and not coeff["extrapolated_to_d_b"]
     assert coeff["rotations_per_column"] == 0 and coeff["galois_keys"] == 0
     assert coeff["speedup_vs_slots"] == pytest.approx(_total(slot) / _total(coeff), rel=1e-9)
@@ -43,6 +44,7 @@ def test_bench_fhe_small_run_writes_both_fits_and_the_ratio(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     md = (tmp_path / "results.md").read_text()
     assert "ckks coefficients (linalign.fhe.coeff_fit)" in md and res["meta"]["cpu"] in md
+    assert "(slots, all columns)" in md
 
 
 @pytest.mark.parametrize("backend,extra", [("seal-coeff-fit", []), ("seal-fit", ["--max_columns=3"])])
