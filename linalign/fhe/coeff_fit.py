@@ -48,7 +48,7 @@ from typing import Iterator
 import numpy as np
 
 from linalign.fhe import base, wire
-from linalign.fhe.fitting import ZA_COL_NORM_TARGET, FitClientBase, FitProtocolError, _check_matrix
+from linalign.fhe.fitting import FitClientBase, FitProtocolError, provider_rows
 from linalign.fhe.packing import CoefficientLayout
 from linalign.fhe.params import CoeffFitParams, get_coeff_fit_params
 
@@ -469,12 +469,7 @@ class CoeffFitProvider:
                 f"fit context: layout chunk={lay.chunk}, cols={lay.cols}, batch={lay.batch} is not valid "
                 f"(chunk cols batch <= N, T <= {self.params.max_terms}, T G <= {MAX_PLAINTEXTS}, batch <= d_b + 1)")
         self.layout = lay
-        z = _check_matrix(z_na, "Z_A", self.d_a)
-        if z.shape[0] != self.n:
-            raise base.FHEError(f"Z_A has {z.shape[0]} rows but the client fits on n={self.n}")
-        col_norm = float(np.linalg.norm(z, axis=0).max())
-        self.za_scale = 2.0 ** -max(0, math.ceil(math.log2(max(col_norm, 1e-300) / ZA_COL_NORM_TARGET)))
-        self.za_col_norm = col_norm * self.za_scale
+        z, self.za_scale, self.za_col_norm = provider_rows(z_na, self.n, self.d_a)
         self._ctx = _context(self.params)
         try:
             pk = self._ctx.from_public_str(blobs[0])

@@ -185,6 +185,18 @@ class FitProtocolError(base.FHEError):
     """A fit message out of order: unknown, repeated or surplus column, or after the fit ended."""
 
 
+def provider_rows(z_na: np.ndarray, n: int, d_a: int) -> "tuple[np.ndarray, float, float]":
+    """The provider's Z_A checked against the client's announced n and d_a, with the power of two
+    za_scale that brings its largest column norm to at most ``ZA_COL_NORM_TARGET`` (exact; the
+    client divides it out) and that scaled norm: (Z_A, za_scale, za_col_norm)."""
+    z = _check_matrix(z_na, "Z_A", d_a)
+    if z.shape[0] != n:
+        raise base.FHEError(f"Z_A has {z.shape[0]} rows but the client fits on n={n}")
+    col_norm = float(np.linalg.norm(z, axis=0).max())
+    scale = 2.0 ** -max(0, math.ceil(math.log2(max(col_norm, 1e-300) / ZA_COL_NORM_TARGET)))
+    return z, scale, col_norm * scale
+
+
 class FitClientBase:
     """What every fit client shares (``FitClient``, ``coeff_fit.CoeffFitClient``): the rows
     X = [Z_B - mean, 1/n] with each column's unit-norm scale, the public context and secret key,
@@ -399,13 +411,7 @@ class FitProvider:
             raise base.DeserializationError(f"fit context: {e}") from None
         if meta.get("steps") != self.layout.rotation_steps:
             raise base.DeserializationError("fit context: rotation steps do not match the layout")
-        z = _check_matrix(z_na, "Z_A", self.d_a)
-        if z.shape[0] != self.n:
-            raise base.FHEError(f"Z_A has {z.shape[0]} rows but the client fits on n={self.n}")
-        col_norm = float(np.linalg.norm(z, axis=0).max())
-        # A power of two keeps the scaling exact; the client divides it out.
-        self.za_scale = 2.0 ** -max(0, math.ceil(math.log2(max(col_norm, 1e-300) / ZA_COL_NORM_TARGET)))
-        self.za_col_norm = col_norm * self.za_scale
+        z, self.za_scale, self.za_col_norm = provider_rows(z_na, self.n, self.d_a)
         self._ctx = make_context(self.params)
         try:
             self._galois = self._ctx.from_galois_str(blobs[0])
