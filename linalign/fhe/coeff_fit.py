@@ -721,15 +721,6 @@ def _powers(r: np.ndarray, exps: np.ndarray, q: int, step: int = 64) -> np.ndarr
     return giant[exps // step] * baby[exps % step] % qq
 
 
-def _mod_float(y: np.ndarray, q: int) -> np.ndarray:
-    """float64 integers |y| < 2^52 -> y mod q in [0, q), in place (the float quotient may be off
-    by one; one correction each way)."""
-    y -= np.floor(y * (1.0 / q)) * q
-    y += q * (y < 0)
-    y -= q * (y >= q)
-    return y
-
-
 def _switch_crt(res: np.ndarray, moduli: "list[int]") -> np.ndarray:
     """Residues [primes, m] (< each prime) -> the value divided by the last prime, rounded, as
     integers modulo the product of the others (uint64; two or three primes of < 2^25, so every
@@ -740,13 +731,13 @@ def _switch_crt(res: np.ndarray, moduli: "list[int]") -> np.ndarray:
     t = res[-1].astype(np.float64)
     t -= last * (t > last // 2)  # centred: the division rounds
     q0 = moduli[0]
-    k0 = _mod_float((res[0].astype(np.float64) - t) * pow(last, -1, q0), q0)  # (x - t) / last mod q0
+    k0 = _fmod_inplace((res[0].astype(np.float64) - t) * pow(last, -1, q0), q0)  # (x - t) / last mod q0
     if len(moduli) == 2:
         return k0.astype(np.uint64)
     q1 = moduli[1]
-    k1 = _mod_float((res[1].astype(np.float64) - t) * pow(last, -1, q1), q1)
+    k1 = _fmod_inplace((res[1].astype(np.float64) - t) * pow(last, -1, q1), q1)
     k1 -= k0  # Garner: value = k0 + q0 ((k1 - k0) q0^-1 mod q1) < q0 q1 < 2^50
-    k1 = _mod_float(k1 * pow(q0, -1, q1), q1)
+    k1 = _fmod_inplace(k1 * pow(q0, -1, q1), q1)
     return (k0 + k1 * float(q0)).astype(np.uint64)
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -371,7 +372,6 @@ class FitClient(FitClientBase):
         return vals / (self._col_scale[j] * b["za_scale"])
 
 
-
 ZA_COL_NORM_TARGET = 2.0**6  # |reply value| <= 64 for unit columns, 8 bits below the reply's headroom
 
 
@@ -573,8 +573,6 @@ def encrypted_cross(client, provider, progress: bool = False, max_columns: int =
       ([columns run, d_a] decrypted rows of X^T Z_A, {"setup_bytes", "up_bytes", "down_bytes",
       "columns_run", "messages_run", "client_encrypt_s", "provider_s", "client_decrypt_s"}).
     """
-    import time
-
     rows, up, down, cols = [], 0, 0, 0
     t_enc = t_eval = t_dec = 0.0
     client.set_provider_bounds(provider.announce())

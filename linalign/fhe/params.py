@@ -288,7 +288,6 @@ class CoeffParams(_IntFields):
         return self
 
 
-
 # Coefficient encoding at N = 4096: one 60-bit prime (of the 109 bits the table allows), the
 # query at 2^36, the head at 2^14 (relative rounding 2^-15 per entry), scores at 2^50 with 9
 # bits of headroom (|score| < 512). The fresh-encryption noise times the head is ~1e-10 of a
@@ -375,7 +374,6 @@ class CoeffFitParams(_IntFields):
                 f"{self.data_primes} primes of {self.prime_bits} bits leave {self.headroom_bits} bits above the "
                 f"product scale 2^{self.product_scale_bits}; values up to 64 plus the flood need 7")
         return self
-
 
 
 # The fit at N = 4096: three 23-bit data primes and a 23-bit special prime (92 of 109 bits).
