@@ -166,7 +166,14 @@ def atomic_dir(path: PathLike, replace: bool = False,
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # Another process renamed its copy into place between the check above and this
+                # rename (ENOTEMPTY/EEXIST): with keep_existing theirs wins, as above.
+                if not (keep_existing and final.is_dir() and any(final.iterdir())):
+                    raise
+                return
         _fsync_dir(final.parent)
     finally:
         if tmp.exists():

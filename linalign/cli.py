@@ -280,16 +280,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return dispatch(command, args[1:], f"linalign {command}")
 
 
+def _exit(run_it: Callable[[], int]) -> None:
+    """Runs ``run_it`` and exits with its status.
+
+    A process of a multi-process job that fails leaves at once (``runtime.leave_if_failed``), so
+    the launcher stops the others instead of every process waiting at a barrier for it.
+    """
+    try:
+        status = run_it()
+    except SystemExit:
+        raise
+    except BaseException as e:
+        _leave_if_failed(1, e)
+        raise
+    _leave_if_failed(status)
+    sys.exit(status)
+
+
+def _leave_if_failed(status: int, error: Optional[BaseException] = None) -> None:
+    runtime = sys.modules.get("linalign.distributed.runtime")  # never imports jax itself
+    if runtime is not None:
+        runtime.leave_if_failed(status, error)
+
+
 def module_main(command: str, sub: Optional[str] = None) -> None:
     """``python -m linalign.<command>``: the same program, named as the user typed it."""
     mod = COMMANDS[command][0].removesuffix(".__main__")
     args = sys.argv[1:] if sub is None else [sub, *sys.argv[1:]]
-    sys.exit(dispatch(command, args, f"python -m {mod}"))
+    _exit(lambda: dispatch(command, args, f"python -m {mod}"))
 
 
 def console_main() -> None:
     """The ``linalign`` console script."""
-    sys.exit(main())
+    _exit(main)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """linalign.atomic: the one temporary-name-then-rename helper."""
 
 import json
+import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -74,3 +76,33 @@ def test_jsonable_makes_strict_json(tmp_path):
     out = json.loads(json.dumps(jsonable(obj), allow_nan=False))
     assert out == {"1": 0.5, "a": [0, 1, 2], "p": str(tmp_path / "x"), "bad": None,
                    "t": [7, None], "s": "text"}
+
+
+def test_keep_existing_survives_a_writer_that_renames_in_first(tmp_path, monkeypatch):
+    """Two processes converting the same checkpoint: the other one's rename lands between this
+    one's existence check and its own rename (the rename then fails with ENOTEMPTY)."""
+    import linalign.atomic as atomic
+
+    out = tmp_path / "entry"
+    real_replace = os.replace
+
+    def other_process_first(src, dst):
+        if pathlib.Path(dst) == out.absolute() and not out.exists():
+            other = tmp_path / ".other"
+            other.mkdir()
+            (other / "theirs").write_text("t")
+            real_replace(other, out)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", other_process_first)
+    with atomic_dir(out, keep_existing=True) as d:
+        (d / "ours").write_text("o")
+    assert sorted(p.name for p in out.iterdir()) == ["theirs"]
+    assert _leftovers(tmp_path) == []
+    # Without keep_existing the same race is an error, not a silent loss of this writer's output.
+    out2 = tmp_path / "entry2"
+    out = out2
+    with pytest.raises(OSError):
+        with atomic_dir(out2) as d:
+            (d / "ours").write_text("o")
+    assert sorted(p.name for p in out2.iterdir()) == ["theirs"]

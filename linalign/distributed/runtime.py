@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Mapping, Optional, Sequence, TypeVar
 
 import jax
@@ -202,6 +203,33 @@ def local_data_shards(mesh: Mesh, axis: str = "data") -> tuple[int, int]:
         raise ValueError(f"process {me} does not own a contiguous block of mesh axis {axis!r} "
                          f"(mesh {dict(mesh.shape)}); keep the other axes within one host")
     return owned[0], len(owned)
+
+
+def leave_if_failed(status: int, error: Optional[BaseException] = None) -> None:
+    """Ends this process at once when it failed (``status`` != 0) inside a multi-process job.
+
+    JAX's exit handler waits at a shutdown barrier for every process, and the healthy processes
+    wait at their next barrier for this one, so a process that fails alone (a user error, a full
+    disk) would otherwise hold the whole job until a timeout. Leaving without the exit handlers
+    lets the launcher (``launch/local_cpu.sh``, SLURM, the TPU runtime) see the failure and stop
+    the others. Output is flushed first; files are written atomically, so nothing half-written is
+    left. A no-op for status 0, a single process, or before ``initialize``. ``error``, the
+    exception that ended the program if one did, is printed first (the interpreter would have).
+    """
+    if not status or _INITIALIZED is None or jax.process_count() == 1:
+        return
+    if error is not None:
+        import traceback
+
+        traceback.print_exception(error)
+    logging.error("process %d of %d failed (status %d); leaving without the shutdown barrier",
+                  jax.process_index(), jax.process_count(), status)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 ENV_BARRIER_TIMEOUT = "LINALIGN_BARRIER_TIMEOUT_S"
