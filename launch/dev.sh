@@ -22,7 +22,19 @@ venv="${LINALIGN_VENV:-$here/.venv}"
 py="${PYTHON:-python3}"
 torch_index="${LINALIGN_TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
 index_args=()
-[ -n "$torch_index" ] && index_args=(--extra-index-url "$torch_index")
+
+# The torch index is checked once, before an install: pip retries an unreachable extra index
+# five times for every package it resolves, which cost a networkless install about 15 minutes.
+use_torch_index() {
+  [ -n "$torch_index" ] || return 0
+  if "$py" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/", timeout=10)' \
+      "$torch_index" >/dev/null 2>&1; then
+    index_args=(--extra-index-url "$torch_index")
+  else
+    echo "[linalign] $torch_index is unreachable; torch comes from the default index" \
+      "(on Linux PyPI's torch is a CUDA build)" >&2
+  fi
+}
 
 stamp_of() { cat requirements.txt requirements.lock requirements-fhe-nodeps.txt setup.py | sha256sum | cut -d' ' -f1; }
 
@@ -32,6 +44,7 @@ setup_env() {
   fi
   echo "[linalign] creating environment in $venv" >&2
   local t0=$SECONDS
+  use_torch_index
   "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q "${index_args[@]}" -r requirements.txt -c requirements.lock
   # Concrete ML pins torch 2.3.1 and transformers<4.58; its real requirements are met by the
@@ -58,6 +71,7 @@ core_python() {
 
 setup_core() {
   local t0=$SECONDS extras="dev,reference"
+  use_torch_index
   [ "${LINALIGN_CORE_TORCH:-1}" = "0" ] && extras="dev"
   if [ ! -x "$core_venv/bin/python" ]; then
     local cpy; cpy="$(core_python)"
