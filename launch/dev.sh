@@ -31,8 +31,8 @@ use_torch_index() {
       "$torch_index" >/dev/null 2>&1; then
     index_args=(--extra-index-url "$torch_index")
   else
-    echo "[linalign] $torch_index is unreachable; torch comes from the default index" \
-      "(on Linux PyPI's torch is a CUDA build)" >&2
+    echo "[linalign] $torch_index is unreachable; leaving it out (torch then comes from pip's" \
+      "other sources; PyPI's Linux torch is a CUDA build)" >&2
   fi
 }
 
