@@ -83,25 +83,25 @@ def test_keep_existing_survives_a_writer_that_renames_in_first(tmp_path, monkeyp
     one's existence check and its own rename (the rename then fails with ENOTEMPTY)."""
     import linalign.atomic as atomic
 
-    out = tmp_path / "entry"
     real_replace = os.replace
 
     def other_process_first(src, dst):
-        if pathlib.Path(dst) == out.absolute() and not out.exists():
+        dst = pathlib.Path(dst)
+        if dst.name.startswith("entry") and not dst.exists():
             other = tmp_path / ".other"
             other.mkdir()
             (other / "theirs").write_text("t")
-            real_replace(other, out)
+            real_replace(other, dst)
         return real_replace(src, dst)
 
     monkeypatch.setattr(atomic.os, "replace", other_process_first)
+    out = tmp_path / "entry"
     with atomic_dir(out, keep_existing=True) as d:
         (d / "ours").write_text("o")
     assert sorted(p.name for p in out.iterdir()) == ["theirs"]
     assert _leftovers(tmp_path) == []
     # Without keep_existing the same race is an error, not a silent loss of this writer's output.
     out2 = tmp_path / "entry2"
-    out = out2
     with pytest.raises(OSError):
         with atomic_dir(out2) as d:
             (d / "ours").write_text("o")
